@@ -1,0 +1,52 @@
+"""DuckDB connections and SQL files."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from tasks.config import SQL_DIR
+
+
+@functools.cache
+def sql(name: str) -> str:
+    """The text of ``sql/<name>.sql``."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing SQL file {path}")
+    return path.read_text()
+
+
+def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with UTC session time; the warehouse schema is applied on write."""
+    if read_only and not path.exists():
+        raise FileNotFoundError(f"DuckDB file {path} does not exist (run `nightrec ingest` first)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("set TimeZone = 'UTC'")
+    if not read_only:
+        con.execute(sql("schema"))
+    return con
+
+
+def run(
+    con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Execute one statement from ``sql/<name>.sql`` with bound ``$name`` parameters."""
+    return con.execute(sql(name), dict(params or {}))
+
+
+def record_metrics(
+    con: duckdb.DuckDBPyConnection, run_id: str, step: str, metrics: Mapping[str, float]
+) -> None:
+    """Replace the metrics of one step of one run (idempotent per run and step)."""
+    rows = [(run_id, step, k, float(v)) for k, v in metrics.items()]
+    con.execute("begin")
+    con.execute("delete from run_metrics where run_id = $1 and step = $2", [run_id, step])
+    if rows:
+        con.executemany("insert into run_metrics values ($1, $2, $3, $4)", rows)
+    con.execute("commit")
