@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 
 from tasks.config import SQL_DIR
 
@@ -50,3 +51,14 @@ def record_metrics(
     if rows:
         con.executemany("insert into run_metrics values ($1, $2, $3, $4)", rows)
     con.execute("commit")
+
+
+def frame(
+    con: duckdb.DuckDBPyConnection, query: str, params: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """Run a query (text, or ``sql/<name>.sql`` when it is a bare name) into a Polars frame."""
+    text = sql(query) if query.isidentifier() else query
+    table = con.sql(text, params=dict(params or {})).to_arrow_table()
+    out = pl.from_arrow(table)
+    assert isinstance(out, pl.DataFrame)
+    return out

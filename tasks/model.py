@@ -1,0 +1,105 @@
+"""The text-aware encoder: item tower over pretrained text embeddings, user tower over history.
+
+Item index 0 is padding; items 1..M are the catalog in item_id order.
+
+    item_vec(i) = W · text_emb(i) + id_emb(i)                       [dim]
+    user_vec(h) = last + MLP([last ; recency-weighted mean of h])   [dim]
+    score(u, i) = user_vec(h_u) · item_vec(i)
+
+``TopNScorer`` fuses user encoding, inner products with every item, masking of seen
+and inactive items, top-N and the "because of" history item into one graph, which is
+what gets exported to ONNX and run for every user.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.config import TrainConfig
+
+NEG = float("-inf")
+
+
+class Encoder(nn.Module):
+    def __init__(self, text_emb: torch.Tensor, cfg: TrainConfig) -> None:
+        """``text_emb``: [M + 1, T] frozen text embeddings, row 0 (padding) all zeros."""
+        super().__init__()
+        n_items, text_dim = text_emb.shape
+        self.register_buffer("text", text_emb.float(), persistent=True)
+        self.proj = nn.Linear(text_dim, cfg.dim)
+        self.item_id = nn.Embedding(n_items, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.item_id.weight, std=0.02)
+        with torch.no_grad():
+            self.item_id.weight[0].zero_()
+        self.recency = nn.Parameter(torch.linspace(-1.0, 0.0, cfg.max_history))  # [L]
+        self.user_mlp = nn.Sequential(
+            nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim)
+        )
+
+    def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors of items ``idx`` (any shape) -> [..., dim]; all items when None."""
+        if idx is None:
+            return self.proj(self.text) + self.item_id.weight
+        return self.proj(self.text[idx]) + self.item_id(idx)
+
+    def user_vectors(self, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim]."""
+        hv = self.item_vectors(history) if items is None else items[history]  # [B, L, dim]
+        mask = history > 0  # [B, L]
+        w = self.recency[-history.shape[1]:].expand_as(history).masked_fill(~mask, NEG)
+        w = torch.softmax(w, dim=1).nan_to_num(0.0).unsqueeze(-1)  # [B, L, 1]
+        pooled = (hv * w).sum(1)  # [B, dim]
+        last = hv[:, -1]  # [B, dim]
+        return last + self.user_mlp(torch.cat([last, pooled], dim=-1))
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """Logits of the next item over the whole catalog: [B, M + 1] (padding at -inf)."""
+        items = self.item_vectors()
+        logits = self.user_vectors(history, items) @ items.T
+        return logits.index_fill(1, torch.tensor([0]), NEG)
+
+
+class TopNScorer(nn.Module):
+    """One fused scoring pass; the item matrix is frozen into the graph."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        with torch.no_grad():
+            self.register_buffer("item_matrix", encoder.item_vectors().detach().clone())  # [M+1, dim]
+
+    def forward(
+        self,
+        history: torch.Tensor,  # [B, L] int64
+        exclude: torch.Tensor,  # [B, E] int64, padded with 0
+        item_bias: torch.Tensor,  # [M + 1] float32: 0, or -inf for inactive items and padding
+        k_like: torch.Tensor,  # [K]: only its length is read, so K is chosen at run time
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        users = self.encoder.user_vectors(history, self.item_matrix)  # [B, dim]
+        scores = users @ self.item_matrix.T + item_bias  # [B, M+1]
+        scores = scores.scatter(1, exclude, NEG)
+        top_scores, top_idx = torch.topk(scores, k_like.shape[0], dim=1)  # [B, K]
+        # why: the history item most similar to each recommendation
+        sim = self.item_matrix[top_idx] @ self.item_matrix[history].transpose(1, 2)  # [B, K, L]
+        sim = sim.masked_fill((history == 0).unsqueeze(1), NEG)
+        because = torch.gather(history, 1, sim.argmax(-1))  # [B, K]
+        return top_scores, top_idx, because
+
+
+def histories(
+    seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int
+) -> np.ndarray:
+    """Right-aligned windows ``seq[max(s, e - length):e]`` for each (s, e): [n, length], 0-padded."""
+    idx = ends[:, None] - length + np.arange(length)[None, :]
+    valid = idx >= starts[:, None]
+    return np.where(valid, seq[np.clip(idx, 0, None)], 0).astype(np.int64)
+
+
+def padded_sets(seq: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Left-aligned ``seq[s:e]`` for each (s, e), padded with 0 to the longest: [n, E]."""
+    width = max(int((ends - starts).max(initial=0)), 1)
+    idx = starts[:, None] + np.arange(width)[None, :]
+    valid = idx < ends[:, None]
+    return np.where(valid, seq[np.clip(idx, 0, len(seq) - 1)], 0).astype(np.int64)

@@ -1,0 +1,170 @@
+"""Score every user with ONNX Runtime: top-N unseen active items per user.
+
+Users with history go through the fused ``scorer.onnx`` graph in batches; users with
+no history among the model's items get the most popular active items (reason
+``popular``). Output: Parquet parts under ``scores/<run_id>/shard-<i>-of-<n>/``,
+written to a temporary folder and renamed when the shard is complete. Sharding is by
+a stable hash of the user id, so shards can run as separate (mapped) tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tasks import db, registry
+from tasks.config import ContractError, ScoreConfig, Settings
+from tasks.model import histories, padded_sets
+from tasks.train import load_sequences
+
+log = logging.getLogger(__name__)
+
+BATCHES_PER_PART = 16  # ~1.6M rows per Parquet part at the defaults
+SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32,
+          "reason": pl.Utf8, "because_item_id": pl.Utf8}
+
+
+def choose_providers(choice: str) -> list[str]:
+    """CUDA first when ONNX Runtime has it (and it is not forced off), then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if choice == "cuda":
+        raise ContractError(f"provider 'cuda' asked for, but ONNX Runtime offers only {available}")
+    return ["CPUExecutionProvider"]
+
+
+def shard_dir(settings: Settings, run_id: str, shard: int, num_shards: int) -> Path:
+    return settings.scores_dir(run_id) / f"shard-{shard:05d}-of-{num_shards:05d}"
+
+
+def in_shard(user_ids: pl.Series, shard: int, num_shards: int) -> np.ndarray:
+    if num_shards == 1:
+        return np.ones(len(user_ids), dtype=bool)
+    crc = np.fromiter((zlib.crc32(u.encode()) for u in user_ids), dtype=np.int64, count=len(user_ids))
+    return crc % num_shards == shard
+
+
+def score(settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig = ScoreConfig()) -> dict:
+    """Score the users of one shard; returns counts and the provider that ran."""
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    version_dir = registry.current(settings.models_dir)
+    manifest = registry.verify(version_dir)
+    model_items = pl.read_parquet(version_dir / "items.parquet")  # item_id, idx
+    n_index = model_items.height + 1
+    catalog = pl.read_parquet(snapshot_dir / "items.parquet", columns=["item_id", "active"])
+    active = model_items.join(catalog.filter("active"), on="item_id", how="semi")
+    bias = np.full(n_index, -np.inf, dtype=np.float32)
+    bias[active["idx"].to_numpy()] = 0.0  # inactive, removed and padding items never ranked
+    item_ids = pl.concat([pl.Series([None], dtype=pl.Utf8), model_items["item_id"]])
+    k = min(cfg.top_n, len(active))
+
+    seqs = load_sequences(snapshot_dir, model_items)
+    warm = pl.DataFrame({"user_id": seqs.user_ids, "u": np.arange(len(seqs.user_ids))})
+    users = pl.read_parquet(snapshot_dir / "users.parquet")["user_id"]
+    users = pl.concat([users, warm["user_id"]]).unique().sort()
+    users = users.filter(in_shard(users, cfg.shard, cfg.num_shards))
+    warm = warm.filter(pl.col("user_id").is_in(users.implode()))
+    cold = users.filter(~users.is_in(warm["user_id"].implode()))
+
+    providers = choose_providers(cfg.provider)
+    opts = ort.SessionOptions()
+    sess = ort.InferenceSession(str(version_dir / registry.SCORER), opts, providers=providers)
+    provider = sess.get_providers()[0]
+    log.info("score: model %s on %s; %d users with history, %d cold, top %d of %d active items",
+             manifest["version"], provider, warm.height, cold.len(), k, len(active))
+
+    out = shard_dir(settings, run_id, cfg.shard, cfg.num_shards)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    max_history = int(manifest["config"]["max_history"])
+    parts, pending, rows, t_model = 0, [], 0, 0.0
+    u_all = warm["u"].to_numpy()
+    for lo in range(0, len(u_all), cfg.batch_size):
+        u = u_all[lo : lo + cfg.batch_size]
+        starts, ends = seqs.starts[u], seqs.ends[u]
+        hist = histories(seqs.seq, starts, ends, max_history)
+        seen = padded_sets(seqs.seq, starts, ends)
+        t = time.perf_counter()
+        top_s, top_i, because = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))
+        t_model += time.perf_counter() - t
+        keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
+        row_user = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[keep]
+        rank = (np.cumsum(keep, axis=1))[keep]
+        pending.append(pl.DataFrame({
+            "user_id": warm["user_id"].gather(lo + row_user),
+            "rank": rank.astype(np.int32),
+            "item_id": item_ids.gather(top_i[keep]),
+            "score": top_s[keep].astype(np.float32),
+            "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8),
+            "because_item_id": item_ids.gather(because[keep]),
+        }, schema=SCHEMA))
+        if len(pending) == BATCHES_PER_PART:
+            rows += _write_part(pending, tmp, parts)
+            parts, pending = parts + 1, []
+            done = lo + len(u)
+            log.info("score: %d/%d users (%.0f users/s)", done, len(u_all),
+                     done / (time.perf_counter() - started))
+    if pending:
+        rows += _write_part(pending, tmp, parts)
+        parts += 1
+    if cold.len():
+        rows += _write_part([popular_for(cold, snapshot_dir, cfg)], tmp, parts)
+        parts += 1
+    seconds = time.perf_counter() - started
+    stats = {"run_id": run_id, "model_version": manifest["version"], "provider": provider,
+             "users": users.len(), "users_history": warm.height, "users_cold": cold.len(),
+             "rows": rows, "top_n": cfg.top_n, "shard": cfg.shard, "num_shards": cfg.num_shards,
+             "seconds": round(seconds, 3), "model_seconds": round(t_model, 3)}
+    (tmp / "_SUCCESS.json").write_text(json.dumps(stats, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("score: %d users (%d cold) -> %d rows on %s in %.1fs (%.0f users/s)",
+             users.len(), cold.len(), rows, provider, seconds, users.len() / max(seconds, 1e-9))
+    return stats
+
+
+def _write_part(frames: list[pl.DataFrame], folder: Path, n: int) -> int:
+    frame = pl.concat(frames)
+    frame.write_parquet(folder / f"part-{n:05d}.parquet")
+    return frame.height
+
+
+def popular_for(cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig) -> pl.DataFrame:
+    """Top-N popular active items for users without usable history, minus what they saw."""
+    import duckdb
+
+    seen = pl.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id"])
+    seen = seen.join(pl.DataFrame({"user_id": cold}), on="user_id", how="semi")
+    most_seen = int(seen.group_by("user_id").len()["len"].max() or 0)
+    with duckdb.connect() as con:
+        popular = db.frame(con, "popular_items", {
+            "interactions": str(snapshot_dir / "interactions.parquet"),
+            "items": str(snapshot_dir / "items.parquet"),
+            "window_days": cfg.popular_window_days, "limit": cfg.top_n + most_seen,
+        })
+    recs = (
+        pl.DataFrame({"user_id": cold}).join(popular.with_row_index("pos"), how="cross")
+        .join(seen, on=["user_id", "item_id"], how="anti")
+        .sort(["user_id", "pos"])
+        .with_columns(pl.int_range(1, pl.len() + 1).over("user_id").alias("rank"))
+        .filter(pl.col("rank") <= cfg.top_n)
+    )
+    return recs.select(
+        "user_id", pl.col("rank").cast(pl.Int32), "item_id", pl.col("score").cast(pl.Float32),
+        pl.lit("popular").alias("reason"), pl.lit(None, dtype=pl.Utf8).alias("because_item_id"),
+    )
