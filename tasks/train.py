@@ -105,7 +105,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         losses.append(total / max(len(target), 1))
         log.info("train: epoch %d/%d loss %.4f (%.1fs, %d examples)", epoch + 1, cfg.epochs,
                  losses[-1], time.perf_counter() - started, len(target))

@@ -1,0 +1,158 @@
+"""Benchmark the whole pipeline on synthetic data at several sizes.
+
+Each size runs in its own process (so peak memory is that size's): synth -> ingest ->
+snapshot -> embed -> train -> score -> publish, timed per step. Scoring is also
+compared with a baseline in the same run: the same TopNScorer in eager PyTorch on
+the same user batches (a sample), i.e. what ONNX Runtime buys over not exporting.
+
+    python bench/pipeline.py                       # 10k, 100k, 1M users
+    python bench/pipeline.py --scales 10000:2000   # users:items pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DEFAULT_SCALES = "10000:2000,100000:10000,1000000:50000"
+STEPS = ("synth", "ingest", "snapshot", "embed", "train", "score", "publish")
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) -> dict:
+    """Eager PyTorch TopNScorer on the same batches the ONNX scorer gets (first max_users)."""
+    import numpy as np
+    import onnxruntime as ort
+    import polars as pl
+    import torch
+
+    from tasks import registry
+    from tasks.config import TrainConfig
+    from tasks.model import Encoder, TopNScorer, histories, padded_sets
+    from tasks.train import load_sequences
+
+    version = registry.current(settings.models_dir)
+    manifest = registry.verify(version)
+    items = pl.read_parquet(version / "items.parquet")
+    state = torch.load(version / "encoder.pt")
+    cfg = TrainConfig(**manifest["config"])
+    enc = Encoder(state["text"], cfg)
+    enc.load_state_dict(state)
+    scorer = TopNScorer(enc.eval()).eval()
+    seqs = load_sequences(snap, items)
+    n = min(max_users, len(seqs.user_ids))
+    bias = np.zeros(items.height + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    sess = ort.InferenceSession(str(version / registry.SCORER), providers=["CPUExecutionProvider"])
+    batches = []
+    for lo in range(0, n, batch_size):
+        u = np.arange(lo, min(n, lo + batch_size))
+        s, e = seqs.starts[u], seqs.ends[u]
+        batches.append((histories(seqs.seq, s, e, cfg.max_history), padded_sets(seqs.seq, s, e)))
+    out = {}
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for h, x in batches:
+            scorer(torch.from_numpy(h), torch.from_numpy(x), torch.from_numpy(bias), torch.zeros(top_n))
+        out["eager_users_per_s"] = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for h, x in batches:
+        sess.run(None, registry.scorer_inputs(h, x, bias, top_n))
+    out["onnx_users_per_s"] = n / (time.perf_counter() - t)
+    out["sample_users"] = n
+    return out
+
+
+def run_one(users: int, items: int, workdir: Path) -> dict:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from tasks import embed, ingest, publish, score, snapshot, train
+    from tasks.config import ScoreConfig, Settings
+    from tasks.synth import SynthConfig, generate
+
+    settings = Settings.from_env(home=workdir / "home", models_dir=workdir / "models")
+    as_of = SynthConfig().end
+    res: dict = {"users": users, "items": items, "seconds": {}, "peak_gb": {}}
+
+    def step(name, fn, *args):
+        t = time.perf_counter()
+        value = fn(*args)
+        res["seconds"][name] = time.perf_counter() - t
+        res["peak_gb"][name] = peak_rss_gb()
+        return value
+
+    synth = step("synth", generate, SynthConfig(users=users, items=items, seed=1), settings.landing)
+    res["events"] = synth["events"]
+    tot = step("ingest", lambda: ingest.ingest(settings).totals)
+    res["ingest_rows"] = tot["rows"]
+    snap = step("snapshot", snapshot.snapshot, settings, as_of)
+    step("embed", embed.embed, settings, snap)
+    step("train", train.train, settings, snap, as_of)
+    sc = step("score", score.score, settings, snap, "bench", ScoreConfig())
+    res["score_users"] = sc["users"]
+    pub = step("publish", publish.publish, settings, "bench", as_of)
+    res["publish_rows"] = pub["rows"]
+    res["baseline"] = baseline_eager(settings, snap, ScoreConfig().batch_size, ScoreConfig().top_n,
+                                     max_users=20_000)
+    return res
+
+
+def table(results: list[dict]) -> str:
+    head = ["users", "items", "events", *[f"{s} s" for s in STEPS], "total s", "ingest rows/s",
+            "score users/s", "publish rows/s", "peak GB", "onnx/eager users/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        s = r["seconds"]
+        b = r["baseline"]
+        cells = [f"{r['users']:,}", f"{r['items']:,}", f"{r['events']:,}",
+                 *[f"{s[k]:.1f}" for k in STEPS], f"{sum(s.values()):.1f}",
+                 f"{r['ingest_rows'] / s['ingest']:,.0f}", f"{r['score_users'] / s['score']:,.0f}",
+                 f"{r['publish_rows'] / s['publish']:,.0f}", f"{max(r['peak_gb'].values()):.2f}",
+                 f"{b['onnx_users_per_s']:,.0f} / {b['eager_users_per_s']:,.0f} "
+                 f"(x{b['onnx_users_per_s'] / b['eager_users_per_s']:.2f})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", default=DEFAULT_SCALES, help="users:items pairs, comma-separated")
+    parser.add_argument("--workdir", type=Path, help="keep state here (default: a temp folder)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: users:items
+    args = parser.parse_args()
+    if args.one:
+        users, items = map(int, args.one.split(":"))
+        print("RESULT " + json.dumps(run_one(users, items, args.workdir)), flush=True)
+        return
+    results = []
+    for scale in args.scales.split(","):
+        with tempfile.TemporaryDirectory(prefix="nightrec-bench-") as tmp:
+            work = args.workdir / scale.replace(":", "-") if args.workdir else Path(tmp)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", scale, "--workdir", str(work)],
+                stdout=subprocess.PIPE, text=True, check=True,
+            )
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+            results.append(json.loads(line[len("RESULT "):]))
+            print(table(results[-1:]), flush=True)
+    print("\n" + table(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
