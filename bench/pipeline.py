@@ -65,7 +65,9 @@ def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) 
     with torch.inference_mode():
         t = time.perf_counter()
         for h, x in batches:
-            scorer(torch.from_numpy(h), torch.from_numpy(x), torch.from_numpy(bias), torch.zeros(top_n))
+            scorer(
+                torch.from_numpy(h), torch.from_numpy(x), torch.from_numpy(bias), torch.zeros(top_n)
+            )
         out["eager_users_per_s"] = n / (time.perf_counter() - t)
     t = time.perf_counter()
     for h, x in batches:
@@ -105,31 +107,53 @@ def run_one(users: int, items: int, workdir: Path) -> dict:
     res["score_users"] = sc["users"]
     pub = step("publish", publish.publish, settings, "bench", as_of)
     res["publish_rows"] = pub["rows"]
-    res["baseline"] = baseline_eager(settings, snap, ScoreConfig().batch_size, ScoreConfig().top_n,
-                                     max_users=20_000)
+    res["baseline"] = baseline_eager(
+        settings, snap, ScoreConfig().batch_size, ScoreConfig().top_n, max_users=20_000
+    )
     return res
 
 
 def table(results: list[dict]) -> str:
-    head = ["users", "items", "events", *[f"{s} s" for s in STEPS], "total s", "ingest rows/s",
-            "score users/s", "publish rows/s", "peak GB", "onnx/eager users/s"]
+    head = [
+        "users",
+        "items",
+        "events",
+        *[f"{s} s" for s in STEPS],
+        "total s",
+        "ingest rows/s",
+        "score users/s",
+        "publish rows/s",
+        "peak GB",
+        "onnx/eager users/s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         s = r["seconds"]
         b = r["baseline"]
-        cells = [f"{r['users']:,}", f"{r['items']:,}", f"{r['events']:,}",
-                 *[f"{s[k]:.1f}" for k in STEPS], f"{sum(s.values()):.1f}",
-                 f"{r['ingest_rows'] / s['ingest']:,.0f}", f"{r['score_users'] / s['score']:,.0f}",
-                 f"{r['publish_rows'] / s['publish']:,.0f}", f"{max(r['peak_gb'].values()):.2f}",
-                 f"{b['onnx_users_per_s']:,.0f} / {b['eager_users_per_s']:,.0f} "
-                 f"(x{b['onnx_users_per_s'] / b['eager_users_per_s']:.2f})"]
+        cells = [
+            f"{r['users']:,}",
+            f"{r['items']:,}",
+            f"{r['events']:,}",
+            *[f"{s[k]:.1f}" for k in STEPS],
+            f"{sum(s.values()):.1f}",
+            f"{r['ingest_rows'] / s['ingest']:,.0f}",
+            f"{r['score_users'] / s['score']:,.0f}",
+            f"{r['publish_rows'] / s['publish']:,.0f}",
+            f"{max(r['peak_gb'].values()):.2f}",
+            f"{b['onnx_users_per_s']:,.0f} / {b['eager_users_per_s']:,.0f} "
+            f"(x{b['onnx_users_per_s'] / b['eager_users_per_s']:.2f})",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", default=DEFAULT_SCALES, help="users:items pairs, comma-separated")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scales", default=DEFAULT_SCALES, help="users:items pairs, comma-separated"
+    )
     parser.add_argument("--workdir", type=Path, help="keep state here (default: a temp folder)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: users:items
@@ -144,10 +168,12 @@ def main() -> None:
             work = args.workdir / scale.replace(":", "-") if args.workdir else Path(tmp)
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", scale, "--workdir", str(work)],
-                stdout=subprocess.PIPE, text=True, check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
             )
             line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            results.append(json.loads(line[len("RESULT "):]))
+            results.append(json.loads(line[len("RESULT ") :]))
             print(table(results[-1:]), flush=True)
     print("\n" + table(results))
     if args.out:

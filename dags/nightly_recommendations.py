@@ -61,15 +61,34 @@ def _call(fn, *args, **kwargs):
         "execution_timeout": dt.timedelta(hours=3),
     },
     params={
-        "top_n": Param(100, type="integer", minimum=1, maximum=1000, title="Top N",
-                       description="Recommendations per user."),
-        "retrain": Param(True, type="boolean", title="Retrain",
-                         description="Train a new model version; off scores with the current one."),
-        "as_of": Param(None, type=["null", "string"], format="date", title="As of",
-                       description="Last day of data (YYYY-MM-DD); empty: the day before the run."),
-        "provider": Param("auto", type="string", enum=["auto", "cpu", "cuda"],
-                          title="ONNX Runtime provider",
-                          description="auto: CUDA when available, else CPU."),
+        "top_n": Param(
+            100,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Top N",
+            description="Recommendations per user.",
+        ),
+        "retrain": Param(
+            True,
+            type="boolean",
+            title="Retrain",
+            description="Train a new model version; off scores with the current one.",
+        ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="As of",
+            description="Last day of data (YYYY-MM-DD); empty: the day before the run.",
+        ),
+        "provider": Param(
+            "auto",
+            type="string",
+            enum=["auto", "cpu", "cuda"],
+            title="ONNX Runtime provider",
+            description="auto: CUDA when available, else CPU.",
+        ),
     },
 )
 def nightly_recommendations():

@@ -30,12 +30,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="nightrec", description="Nightly batch recommendations.", epilog=STEPS,
+        prog="nightrec",
+        description="Nightly batch recommendations.",
+        epilog=STEPS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--home", help="state folder (env NIGHTREC_HOME, default ./var)")
-    parser.add_argument("--models-dir", help="model registry (env NIGHTREC_MODELS_DIR, default ./models)")
-    parser.add_argument("--text-model", help="local Hugging Face model folder (env NIGHTREC_TEXT_MODEL)")
+    parser.add_argument(
+        "--models-dir", help="model registry (env NIGHTREC_MODELS_DIR, default ./models)"
+    )
+    parser.add_argument(
+        "--text-model", help="local Hugging Face model folder (env NIGHTREC_TEXT_MODEL)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
 
@@ -69,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rollback", help="serve the previous published version")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         result = _dispatch(args)
     except (ContractError, FileNotFoundError) as exc:
@@ -111,7 +119,9 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
         return train(settings, snap, as_of, TrainConfig(epochs=args.epochs))
     score_cfg = None
     if args.step in ("score", "run"):
-        score_cfg = ScoreConfig(top_n=args.top_n, provider=args.provider, batch_size=args.batch_size)
+        score_cfg = ScoreConfig(
+            top_n=args.top_n, provider=args.provider, batch_size=args.batch_size
+        )
     if args.step == "score":
         from tasks.score import score
 
@@ -121,13 +131,21 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
 
         return publish(settings, run_id, as_of)
     if args.step == "run":
-        out = pipeline.run_all(settings, as_of, run_id, retrain=not args.no_retrain,
-                               train_cfg=TrainConfig(epochs=args.epochs), score_cfg=score_cfg)
-        return {k: {"seconds": round(v["seconds"], 2), "result": v["result"]} for k, v in out.items()}
+        out = pipeline.run_all(
+            settings,
+            as_of,
+            run_id,
+            retrain=not args.no_retrain,
+            train_cfg=TrainConfig(epochs=args.epochs),
+            score_cfg=score_cfg,
+        )
+        return {
+            k: {"seconds": round(v["seconds"], 2), "result": v["result"]} for k, v in out.items()
+        }
     if args.step == "recs":
-        from tasks.recs import recommendations_for
-
         import polars as pl
+
+        from tasks.recs import recommendations_for
 
         with pl.Config(tbl_rows=100, fmt_str_lengths=60, tbl_width_chars=160):
             return str(recommendations_for(settings, args.user, args.limit))

@@ -67,8 +67,11 @@ class TextEncoder:
             for lo in range(0, len(order), self.cfg.batch_size):
                 idx = order[lo : lo + self.cfg.batch_size]
                 enc = self.tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True,
-                    max_length=self.cfg.max_length, return_tensors="pt",
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.cfg.max_length,
+                    return_tensors="pt",
                 )
                 hidden = self.model(**enc).last_hidden_state  # [b, t, dim]
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, t, 1]
@@ -125,19 +128,27 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
     if matrix.height != unique.height:
         raise RuntimeError(f"embedding cache returned {matrix.height} of {unique.height} texts")
     dim = len(matrix["embedding"][0]) if matrix.height else 0
-    vectors = matrix["embedding"].list.to_array(dim).to_numpy().astype(np.float32)  # [n_unique, dim]
+    vectors = (
+        matrix["embedding"].list.to_array(dim).to_numpy().astype(np.float32)
+    )  # [n_unique, dim]
     row_of = {h: i for i, h in enumerate(unique["text_hash"].to_list())}
     full = vectors[[row_of[h] for h in items["text_hash"].to_list()]]
     tmp = snapshot_dir / (EMBEDDINGS_FILE + ".tmp")
     with tmp.open("wb") as fh:
         np.save(fh, full)
     tmp.replace(snapshot_dir / EMBEDDINGS_FILE)
-    counts = {"items": items.height, "encoded": missing.height,
-              "reused": unique.height - missing.height}
+    counts = {
+        "items": items.height,
+        "encoded": missing.height,
+        "reused": unique.height - missing.height,
+    }
     (snapshot_dir / "text_encoder.txt").write_text(encoder + "\n")
     log.info(
         "embed: %d items, %d texts encoded, %d reused from cache, %.1fs",
-        counts["items"], counts["encoded"], counts["reused"], time.perf_counter() - started,
+        counts["items"],
+        counts["encoded"],
+        counts["reused"],
+        time.perf_counter() - started,
     )
     return counts
 

@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (required columns, optional columns)
-    "items": (("item_id", "title"),
-              ("description", "category", "brand", "tags", "active", "updated_at")),
+    "items": (
+        ("item_id", "title"),
+        ("description", "category", "brand", "tags", "active", "updated_at"),
+    ),
     "users": (("user_id",), ("created_at",)),
     "events": (("user_id", "item_id", "event_type", "ts"), ("event_id", "value")),
 }
@@ -157,16 +159,20 @@ def _read_jsonl_slow(path: Path) -> tuple[pl.DataFrame, Broken]:
             except ValueError as exc:
                 broken.append((n, None, f"malformed JSON: {exc}", line.rstrip("\n")))
                 continue
-            rows.append({"_row": n, **{k: None if v is None else
-                                       (v if isinstance(v, str) else json.dumps(v))
-                                       for k, v in obj.items()}})
+            rows.append(
+                {
+                    "_row": n,
+                    **{
+                        k: None if v is None else (v if isinstance(v, str) else json.dumps(v))
+                        for k, v in obj.items()
+                    },
+                }
+            )
     df = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame({"_row": []})
     return _as_text(df.drop("_row")).with_columns(df["_row"].cast(pl.Int64)), broken
 
 
-def ingest_file(
-    con: duckdb.DuckDBPyConnection, path: Path, kind: str, checksum: str
-) -> FileResult:
+def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, checksum: str) -> FileResult:
     """Validate and load one file in one transaction."""
     required, optional = KINDS[kind]
     res = FileResult(str(path), kind)
@@ -175,7 +181,10 @@ def ingest_file(
     try:
         df, broken = read_rows(path, SUFFIXES[path.suffix.lower()])
     except UnreadableFile as exc:
-        df, broken = pl.DataFrame({"_row": []}, schema={"_row": pl.Int64}), [(None, None, str(exc), None)]
+        df, broken = (
+            pl.DataFrame({"_row": []}, schema={"_row": pl.Int64}),
+            [(None, None, str(exc), None)],
+        )
     missing = [c for c in required if c not in df.columns]
     if missing and df.height:
         # a file without a required column: every row is kept as rejected, none loaded
@@ -195,7 +204,9 @@ def ingest_file(
             f"create or replace temp table checked as {db.sql('check_' + kind)}",
             {"event_types": list(EVENT_TYPES)} if kind == "events" else {},
         )
-        res.rejected = con.execute("select count(*) from checked where bad_field is not null").fetchone()[0]
+        res.rejected = con.execute(
+            "select count(*) from checked where bad_field is not null"
+        ).fetchone()[0]
         db.run(con, "reject_rows", {**base, "now": now})
         if broken:
             con.executemany(
@@ -245,7 +256,9 @@ def ingest(settings: Settings, landing: Path | None = None) -> IngestResult:
     landing = (landing or settings.landing).resolve()
     result = IngestResult()
     with db.connect(settings.warehouse) as con:
-        seen = {tuple(r) for r in con.execute("select kind, checksum from ingested_files").fetchall()}
+        seen = {
+            tuple(r) for r in con.execute("select kind, checksum from ingested_files").fetchall()
+        }
         for kind, path in landing_files(landing):
             checksum = sha256_file(path)
             if (kind, checksum) in seen:
@@ -258,15 +271,27 @@ def ingest(settings: Settings, landing: Path | None = None) -> IngestResult:
             result.files.append(res)
             log.info(
                 "ingest: %s (%s): %d rows, %d loaded, %d rejected, %d duplicate, %.1fs",
-                path.name, kind, res.rows, res.loaded, res.rejected, res.duplicates,
+                path.name,
+                kind,
+                res.rows,
+                res.loaded,
+                res.rejected,
+                res.duplicates,
                 time.perf_counter() - t,
             )
             if res.rejected:
-                log.warning("ingest: %d rows of %s rejected; see table rejected_rows", res.rejected, path)
+                log.warning(
+                    "ingest: %d rows of %s rejected; see table rejected_rows", res.rejected, path
+                )
     tot = result.totals
     log.info(
         "ingest: %d new files (%d skipped), %d rows, %d loaded, %d rejected, %d duplicate in %.1fs",
-        tot["files_new"], tot["files_skipped"], tot["rows"], tot["loaded"], tot["rejected"],
-        tot["duplicates"], time.perf_counter() - started,
+        tot["files_new"],
+        tot["files_skipped"],
+        tot["rows"],
+        tot["loaded"],
+        tot["rejected"],
+        tot["duplicates"],
+        time.perf_counter() - started,
     )
     return result

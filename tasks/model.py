@@ -44,11 +44,13 @@ class Encoder(nn.Module):
             return self.proj(self.text) + self.item_id.weight
         return self.proj(self.text[idx]) + self.item_id(idx)
 
-    def user_vectors(self, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def user_vectors(
+        self, history: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim]."""
         hv = self.item_vectors(history) if items is None else items[history]  # [B, L, dim]
         mask = history > 0  # [B, L]
-        w = self.recency[-history.shape[1]:].expand_as(history).masked_fill(~mask, NEG)
+        w = self.recency[-history.shape[1] :].expand_as(history).masked_fill(~mask, NEG)
         w = torch.softmax(w, dim=1).nan_to_num(0.0).unsqueeze(-1)  # [B, L, 1]
         pooled = (hv * w).sum(1)  # [B, dim]
         last = hv[:, -1]  # [B, dim]
@@ -68,7 +70,9 @@ class TopNScorer(nn.Module):
         super().__init__()
         self.encoder = encoder
         with torch.no_grad():
-            self.register_buffer("item_matrix", encoder.item_vectors().detach().clone())  # [M+1, dim]
+            self.register_buffer(
+                "item_matrix", encoder.item_vectors().detach().clone()
+            )  # [M+1, dim]
 
     def forward(
         self,
@@ -88,10 +92,8 @@ class TopNScorer(nn.Module):
         return top_scores, top_idx, because
 
 
-def histories(
-    seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int
-) -> np.ndarray:
-    """Right-aligned windows ``seq[max(s, e - length):e]`` for each (s, e): [n, length], 0-padded."""
+def histories(seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+    """Right-aligned windows ``seq[max(s, e - length):e]`` per (s, e): [n, length], 0-padded."""
     idx = ends[:, None] - length + np.arange(length)[None, :]
     valid = idx >= starts[:, None]
     return np.where(valid, seq[np.clip(idx, 0, None)], 0).astype(np.int64)

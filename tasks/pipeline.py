@@ -23,7 +23,7 @@ def run_all(
     train_cfg: TrainConfig = TrainConfig(),
     score_cfg: ScoreConfig = ScoreConfig(),
 ) -> dict[str, dict]:
-    """ingest -> snapshot -> embed -> train -> score -> publish; returns each step's result and seconds."""
+    """ingest -> snapshot -> embed -> train -> score -> publish; each step's result and seconds."""
     from tasks import embed, ingest, publish, registry, score, snapshot, train
 
     run_id = safe_id(run_id or default_run_id(as_of), "run_id")

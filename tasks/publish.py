@@ -69,24 +69,36 @@ def publish(settings: Settings, run_id: str, as_of: dt.date) -> dict:
         tmp.mkdir(parents=True)
         with db.connect(tmp / SERVING_DB, read_only=False) as con:
             con.execute("begin")
-            db.run(con, "publish_recommendations", {
-                "parts": parts, "model_version": model_version, "run_id": run_id,
-                "generated_at": generated_at,
-            })
+            db.run(
+                con,
+                "publish_recommendations",
+                {
+                    "parts": parts,
+                    "model_version": model_version,
+                    "run_id": run_id,
+                    "generated_at": generated_at,
+                },
+            )
             con.execute(
                 "create table serving_info as select $run_id as run_id, $as_of::date as as_of, "
                 "$model_version as model_version, $serving_id as serving_id, "
                 "(select count(*) from recommendations) as rows, "
                 "(select count(distinct user_id) from recommendations) as users",
-                {"run_id": run_id, "as_of": as_of, "model_version": model_version,
-                 "serving_id": serving_id},
+                {
+                    "run_id": run_id,
+                    "as_of": as_of,
+                    "model_version": model_version,
+                    "serving_id": serving_id,
+                },
             )
             con.execute("commit")
             bad = db.frame(con, "check_recommendations")
             if bad.height:
                 raise ContractError(f"recommendations of {run_id} fail checks: {bad.rows()[:5]}")
-            con.execute("copy recommendations to $path (format parquet)",
-                        {"path": str(tmp / "recommendations.parquet")})
+            con.execute(
+                "copy recommendations to $path (format parquet)",
+                {"path": str(tmp / "recommendations.parquet")},
+            )
             rows, users = con.execute("select rows, users from serving_info").fetchone()
         tmp.rename(final)
     else:
@@ -97,35 +109,69 @@ def publish(settings: Settings, run_id: str, as_of: dt.date) -> dict:
     _prune(versions, keep=KEEP_VERSIONS, current=serving_id)
     seconds = time.perf_counter() - started
     record_run(settings, run_id, as_of, model_version, serving_id, stats, rows, seconds)
-    log.info("publish: %s -> %s: %d rows for %d users in %.1fs (%.0f rows/s)",
-             run_id, final, rows, users, seconds, rows / max(seconds, 1e-9))
-    return {"serving_id": serving_id, "path": str(settings.serving / "current" / SERVING_DB),
-            "rows": rows, "users": users, "seconds": seconds}
+    log.info(
+        "publish: %s -> %s: %d rows for %d users in %.1fs (%.0f rows/s)",
+        run_id,
+        final,
+        rows,
+        users,
+        seconds,
+        rows / max(seconds, 1e-9),
+    )
+    return {
+        "serving_id": serving_id,
+        "path": str(settings.serving / "current" / SERVING_DB),
+        "rows": rows,
+        "users": users,
+        "seconds": seconds,
+    }
 
 
 def _prune(versions: Path, keep: int, current: str) -> None:
     """Drop the oldest serving versions beyond ``keep`` (never the current one)."""
-    done = sorted((p for p in versions.iterdir() if not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime)
+    done = sorted(
+        (p for p in versions.iterdir() if not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+    )
     for old in done[:-keep]:
         if old.name != current:
             shutil.rmtree(old)
 
 
-def record_run(settings: Settings, run_id: str, as_of: dt.date, model_version: str,
-               serving_id: str, stats: list[dict], rows: int, publish_seconds: float) -> None:
+def record_run(
+    settings: Settings,
+    run_id: str,
+    as_of: dt.date,
+    model_version: str,
+    serving_id: str,
+    stats: list[dict],
+    rows: int,
+    publish_seconds: float,
+) -> None:
     with db.connect(settings.warehouse) as con:
-        db.run(con, "record_run", {
-            "run_id": run_id, "as_of": as_of, "model_version": model_version,
-            "serving_id": serving_id, "provider": stats[0]["provider"],
-            "published_at": dt.datetime.now(dt.UTC),
-        })
-        db.record_metrics(con, run_id, "score", {
-            "users": sum(s["users"] for s in stats),
-            "users_cold": sum(s["users_cold"] for s in stats),
-            "rows": sum(s["rows"] for s in stats),
-            "seconds": max(s["seconds"] for s in stats),
-        })
+        db.run(
+            con,
+            "record_run",
+            {
+                "run_id": run_id,
+                "as_of": as_of,
+                "model_version": model_version,
+                "serving_id": serving_id,
+                "provider": stats[0]["provider"],
+                "published_at": dt.datetime.now(dt.UTC),
+            },
+        )
+        db.record_metrics(
+            con,
+            run_id,
+            "score",
+            {
+                "users": sum(s["users"] for s in stats),
+                "users_cold": sum(s["users_cold"] for s in stats),
+                "rows": sum(s["rows"] for s in stats),
+                "seconds": max(s["seconds"] for s in stats),
+            },
+        )
         db.record_metrics(con, run_id, "publish", {"rows": rows, "seconds": publish_seconds})
 
 
@@ -135,8 +181,10 @@ def rollback(settings: Settings) -> str:
     if not link.is_symlink():
         raise ContractError(f"nothing published under {settings.serving}")
     now = link.resolve().name
-    versions = sorted((p for p in (settings.serving / "versions").iterdir()
-                       if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    versions = sorted(
+        (p for p in (settings.serving / "versions").iterdir() if not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+    )
     names = [p.name for p in versions]
     if now not in names or names.index(now) == 0:
         raise ContractError(f"no serving version older than {now} to roll back to")

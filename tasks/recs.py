@@ -29,6 +29,9 @@ def recommendations_for(settings: Settings, user_ids: list[str], limit: int = 10
     items = pl.DataFrame(schema={"item_id": pl.Utf8, "title": pl.Utf8})
     if settings.warehouse.exists():
         with db.connect(settings.warehouse, read_only=True) as con:
-            items = db.frame(con, "select item_id, title from items where list_contains($ids, item_id)",
-                             {"ids": recs["item_id"].unique().to_list()})
+            items = db.frame(
+                con,
+                "select item_id, title from items where list_contains($ids, item_id)",
+                {"ids": recs["item_id"].unique().to_list()},
+            )
     return recs.join(items, on="item_id", how="left", maintain_order="left")

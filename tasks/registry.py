@@ -52,8 +52,12 @@ def _versions() -> dict[str, str]:
 
 
 def scorer_inputs(history: np.ndarray, exclude: np.ndarray, bias: np.ndarray, k: int) -> dict:
-    return {"history": history, "exclude": exclude, "item_bias": bias,
-            "k_like": np.zeros(k, dtype=np.float32)}
+    return {
+        "history": history,
+        "exclude": exclude,
+        "item_bias": bias,
+        "k_like": np.zeros(k, dtype=np.float32),
+    }
 
 
 def export(
@@ -83,35 +87,57 @@ def export(
     hist = torch.from_numpy(example_history[:2])
     ex = torch.from_numpy(example_history[:2, -3:].copy())
     started = time.perf_counter()
-    dims = {"batch": torch.export.Dim("batch", min=1), "exclude": torch.export.Dim("exclude", min=1),
-            "k": torch.export.Dim("k", min=1)}
+    dims = {
+        "batch": torch.export.Dim("batch", min=1),
+        "exclude": torch.export.Dim("exclude", min=1),
+        "k": torch.export.Dim("k", min=1),
+    }
     torch.onnx.export(
-        scorer, (hist, ex, torch.from_numpy(bias), torch.zeros(5)), str(tmp / SCORER),
-        dynamo=True, external_data=False, optimize=True, verbose=False,
+        scorer,
+        (hist, ex, torch.from_numpy(bias), torch.zeros(5)),
+        str(tmp / SCORER),
+        dynamo=True,
+        external_data=False,
+        optimize=True,
+        verbose=False,
         input_names=["history", "exclude", "item_bias", "k_like"],
         output_names=["top_scores", "top_index", "because_index"],
-        dynamic_shapes={"history": {0: dims["batch"]},
-                        "exclude": {0: dims["batch"], 1: dims["exclude"]},
-                        "item_bias": None, "k_like": {0: dims["k"]}},
+        dynamic_shapes={
+            "history": {0: dims["batch"]},
+            "exclude": {0: dims["batch"], 1: dims["exclude"]},
+            "item_bias": None,
+            "k_like": {0: dims["k"]},
+        },
     )
     parity = check_parity(scorer, tmp / SCORER, example_history, bias)
     torch.save(model.state_dict(), tmp / "encoder.pt")
     item_index.write_parquet(tmp / "items.parquet")
     files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
-    manifest = {"version": version, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "config": config, **extra, "parity": parity, "packages": _versions(),
-                "files": files}
+    manifest = {
+        "version": version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        **extra,
+        "parity": parity,
+        "packages": _versions(),
+        "files": files,
+    }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    log.info("export: %s (%d items) in %.1fs, parity max abs diff %.2e", version, n - 1,
-             time.perf_counter() - started, parity["max_abs_diff"])
+    log.info(
+        "export: %s (%d items) in %.1fs, parity max abs diff %.2e",
+        version,
+        n - 1,
+        time.perf_counter() - started,
+        parity["max_abs_diff"],
+    )
     return final
 
 
 def check_parity(scorer: Any, onnx_path: Path, histories: np.ndarray, bias: np.ndarray) -> dict:
-    """Run PyTorch and ONNX Runtime on a batch shaped unlike the export example; fail on mismatch."""
+    """Run PyTorch and ONNX Runtime on a batch shaped unlike the export example; fail if apart."""
     import onnxruntime as ort
     import torch
 
@@ -122,13 +148,20 @@ def check_parity(scorer: Any, onnx_path: Path, histories: np.ndarray, bias: np.n
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, scorer_inputs(hist, ex, bias, k))
     with torch.no_grad():
-        want = [t.numpy() for t in scorer(torch.from_numpy(hist), torch.from_numpy(ex),
-                                          torch.from_numpy(bias), torch.zeros(k))]
+        want = [
+            t.numpy()
+            for t in scorer(
+                torch.from_numpy(hist), torch.from_numpy(ex), torch.from_numpy(bias), torch.zeros(k)
+            )
+        ]
     finite = np.isfinite(want[0])
     diff = float(np.abs(got[0][finite] - want[0][finite]).max(initial=0.0))
     same_finite = bool((np.isfinite(got[0]) == finite).all())
-    # ids may swap only where scores tie within tolerance
-    ids_ok = bool(np.all((got[1] == want[1]) | (np.abs(got[0] - want[0]) <= PARITY_ATOL)))
+    # ids may swap only where scores tie within tolerance, or among masked (-inf) entries,
+    # whose order is arbitrary (a small catalog with k > unmasked items has several)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(got[0] - want[0]) <= PARITY_ATOL
+    ids_ok = bool(np.all((got[1] == want[1]) | close | ~finite))
     if diff > PARITY_ATOL or not same_finite or not ids_ok:
         raise RuntimeError(
             f"ONNX/PyTorch parity failed for {onnx_path}: max abs diff {diff:.2e} "

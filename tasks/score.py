@@ -27,8 +27,14 @@ from tasks.train import load_sequences
 log = logging.getLogger(__name__)
 
 BATCHES_PER_PART = 16  # ~1.6M rows per Parquet part at the defaults
-SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32,
-          "reason": pl.Utf8, "because_item_id": pl.Utf8}
+SCHEMA = {
+    "user_id": pl.Utf8,
+    "rank": pl.Int32,
+    "item_id": pl.Utf8,
+    "score": pl.Float32,
+    "reason": pl.Utf8,
+    "because_item_id": pl.Utf8,
+}
 
 
 def choose_providers(choice: str) -> list[str]:
@@ -52,11 +58,15 @@ def shard_dir(settings: Settings, run_id: str, shard: int, num_shards: int) -> P
 def in_shard(user_ids: pl.Series, shard: int, num_shards: int) -> np.ndarray:
     if num_shards == 1:
         return np.ones(len(user_ids), dtype=bool)
-    crc = np.fromiter((zlib.crc32(u.encode()) for u in user_ids), dtype=np.int64, count=len(user_ids))
+    crc = np.fromiter(
+        (zlib.crc32(u.encode()) for u in user_ids), dtype=np.int64, count=len(user_ids)
+    )
     return crc % num_shards == shard
 
 
-def score(settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig = ScoreConfig()) -> dict:
+def score(
+    settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig = ScoreConfig()
+) -> dict:
     """Score the users of one shard; returns counts and the provider that ran."""
     import onnxruntime as ort
 
@@ -84,8 +94,15 @@ def score(settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig 
     opts = ort.SessionOptions()
     sess = ort.InferenceSession(str(version_dir / registry.SCORER), opts, providers=providers)
     provider = sess.get_providers()[0]
-    log.info("score: model %s on %s; %d users with history, %d cold, top %d of %d active items",
-             manifest["version"], provider, warm.height, cold.len(), k, len(active))
+    log.info(
+        "score: model %s on %s; %d users with history, %d cold, top %d of %d active items",
+        manifest["version"],
+        provider,
+        warm.height,
+        cold.len(),
+        k,
+        len(active),
+    )
 
     out = shard_dir(settings, run_id, cfg.shard, cfg.num_shards)
     tmp = out.with_name(out.name + ".tmp")
@@ -105,20 +122,29 @@ def score(settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig 
         keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
         row_user = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[keep]
         rank = (np.cumsum(keep, axis=1))[keep]
-        pending.append(pl.DataFrame({
-            "user_id": warm["user_id"].gather(lo + row_user),
-            "rank": rank.astype(np.int32),
-            "item_id": item_ids.gather(top_i[keep]),
-            "score": top_s[keep].astype(np.float32),
-            "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8),
-            "because_item_id": item_ids.gather(because[keep]),
-        }, schema=SCHEMA))
+        pending.append(
+            pl.DataFrame(
+                {
+                    "user_id": warm["user_id"].gather(lo + row_user),
+                    "rank": rank.astype(np.int32),
+                    "item_id": item_ids.gather(top_i[keep]),
+                    "score": top_s[keep].astype(np.float32),
+                    "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8),
+                    "because_item_id": item_ids.gather(because[keep]),
+                },
+                schema=SCHEMA,
+            )
+        )
         if len(pending) == BATCHES_PER_PART:
             rows += _write_part(pending, tmp, parts)
             parts, pending = parts + 1, []
             done = lo + len(u)
-            log.info("score: %d/%d users (%.0f users/s)", done, len(u_all),
-                     done / (time.perf_counter() - started))
+            log.info(
+                "score: %d/%d users (%.0f users/s)",
+                done,
+                len(u_all),
+                done / (time.perf_counter() - started),
+            )
     if pending:
         rows += _write_part(pending, tmp, parts)
         parts += 1
@@ -126,15 +152,32 @@ def score(settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig 
         rows += _write_part([popular_for(cold, snapshot_dir, cfg)], tmp, parts)
         parts += 1
     seconds = time.perf_counter() - started
-    stats = {"run_id": run_id, "model_version": manifest["version"], "provider": provider,
-             "users": users.len(), "users_history": warm.height, "users_cold": cold.len(),
-             "rows": rows, "top_n": cfg.top_n, "shard": cfg.shard, "num_shards": cfg.num_shards,
-             "seconds": round(seconds, 3), "model_seconds": round(t_model, 3)}
+    stats = {
+        "run_id": run_id,
+        "model_version": manifest["version"],
+        "provider": provider,
+        "users": users.len(),
+        "users_history": warm.height,
+        "users_cold": cold.len(),
+        "rows": rows,
+        "top_n": cfg.top_n,
+        "shard": cfg.shard,
+        "num_shards": cfg.num_shards,
+        "seconds": round(seconds, 3),
+        "model_seconds": round(t_model, 3),
+    }
     (tmp / "_SUCCESS.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    log.info("score: %d users (%d cold) -> %d rows on %s in %.1fs (%.0f users/s)",
-             users.len(), cold.len(), rows, provider, seconds, users.len() / max(seconds, 1e-9))
+    log.info(
+        "score: %d users (%d cold) -> %d rows on %s in %.1fs (%.0f users/s)",
+        users.len(),
+        cold.len(),
+        rows,
+        provider,
+        seconds,
+        users.len() / max(seconds, 1e-9),
+    )
     return stats
 
 
@@ -152,19 +195,29 @@ def popular_for(cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig) -> pl.Dat
     seen = seen.join(pl.DataFrame({"user_id": cold}), on="user_id", how="semi")
     most_seen = int(seen.group_by("user_id").len()["len"].max() or 0)
     with duckdb.connect() as con:
-        popular = db.frame(con, "popular_items", {
-            "interactions": str(snapshot_dir / "interactions.parquet"),
-            "items": str(snapshot_dir / "items.parquet"),
-            "window_days": cfg.popular_window_days, "limit": cfg.top_n + most_seen,
-        })
+        popular = db.frame(
+            con,
+            "popular_items",
+            {
+                "interactions": str(snapshot_dir / "interactions.parquet"),
+                "items": str(snapshot_dir / "items.parquet"),
+                "window_days": cfg.popular_window_days,
+                "limit": cfg.top_n + most_seen,
+            },
+        )
     recs = (
-        pl.DataFrame({"user_id": cold}).join(popular.with_row_index("pos"), how="cross")
+        pl.DataFrame({"user_id": cold})
+        .join(popular.with_row_index("pos"), how="cross")
         .join(seen, on=["user_id", "item_id"], how="anti")
         .sort(["user_id", "pos"])
         .with_columns(pl.int_range(1, pl.len() + 1).over("user_id").alias("rank"))
         .filter(pl.col("rank") <= cfg.top_n)
     )
     return recs.select(
-        "user_id", pl.col("rank").cast(pl.Int32), "item_id", pl.col("score").cast(pl.Float32),
-        pl.lit("popular").alias("reason"), pl.lit(None, dtype=pl.Utf8).alias("because_item_id"),
+        "user_id",
+        pl.col("rank").cast(pl.Int32),
+        "item_id",
+        pl.col("score").cast(pl.Float32),
+        pl.lit("popular").alias("reason"),
+        pl.lit(None, dtype=pl.Utf8).alias("because_item_id"),
     )

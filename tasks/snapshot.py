@@ -57,7 +57,11 @@ def snapshot(settings: Settings, as_of: dt.date) -> Path:
         tmp.rename(out)
     log.info(
         "snapshot %s: %d interactions, %d items, %d users in %.1fs -> %s",
-        as_of, counts["interactions"], counts["items"], counts["users"],
-        time.perf_counter() - started, out,
+        as_of,
+        counts["interactions"],
+        counts["items"],
+        counts["users"],
+        time.perf_counter() - started,
+        out,
     )
     return out

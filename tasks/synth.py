@@ -27,69 +27,299 @@ log = logging.getLogger(__name__)
 CATEGORIES: dict[str, tuple[list[str], list[str]]] = {
     # category: (product nouns, adjectives)
     "Skincare": (
-        ["Face Serum", "Moisturizer", "Gel Cleanser", "Toner", "Eye Cream", "Sheet Mask",
-         "Sunscreen SPF 50", "Exfoliating Scrub", "Night Cream", "Facial Oil"],
-        ["Hydrating", "Brightening", "Anti-Aging", "Soothing", "Oil-Free", "Firming",
-         "Vitamin C", "Retinol", "Hyaluronic", "Gentle"],
+        [
+            "Face Serum",
+            "Moisturizer",
+            "Gel Cleanser",
+            "Toner",
+            "Eye Cream",
+            "Sheet Mask",
+            "Sunscreen SPF 50",
+            "Exfoliating Scrub",
+            "Night Cream",
+            "Facial Oil",
+        ],
+        [
+            "Hydrating",
+            "Brightening",
+            "Anti-Aging",
+            "Soothing",
+            "Oil-Free",
+            "Firming",
+            "Vitamin C",
+            "Retinol",
+            "Hyaluronic",
+            "Gentle",
+        ],
     ),
     "Hair Care": (
-        ["Shampoo", "Conditioner", "Hair Oil", "Hair Mask", "Styling Gel", "Dry Shampoo",
-         "Leave-In Spray", "Curl Cream", "Heat Protectant", "Scalp Scrub"],
-        ["Volumizing", "Repairing", "Color-Safe", "Smoothing", "Argan", "Keratin",
-         "Sulfate-Free", "Anti-Frizz", "Strengthening", "Clarifying"],
+        [
+            "Shampoo",
+            "Conditioner",
+            "Hair Oil",
+            "Hair Mask",
+            "Styling Gel",
+            "Dry Shampoo",
+            "Leave-In Spray",
+            "Curl Cream",
+            "Heat Protectant",
+            "Scalp Scrub",
+        ],
+        [
+            "Volumizing",
+            "Repairing",
+            "Color-Safe",
+            "Smoothing",
+            "Argan",
+            "Keratin",
+            "Sulfate-Free",
+            "Anti-Frizz",
+            "Strengthening",
+            "Clarifying",
+        ],
     ),
     "Makeup": (
-        ["Foundation", "Concealer", "Lipstick", "Mascara", "Eyeliner", "Blush",
-         "Eyeshadow Palette", "Primer", "Setting Powder", "Lip Gloss"],
-        ["Matte", "Long-Wear", "Velvet", "Shimmer", "Waterproof", "Dewy", "Full-Coverage",
-         "Creamy", "Sheer", "Satin"],
+        [
+            "Foundation",
+            "Concealer",
+            "Lipstick",
+            "Mascara",
+            "Eyeliner",
+            "Blush",
+            "Eyeshadow Palette",
+            "Primer",
+            "Setting Powder",
+            "Lip Gloss",
+        ],
+        [
+            "Matte",
+            "Long-Wear",
+            "Velvet",
+            "Shimmer",
+            "Waterproof",
+            "Dewy",
+            "Full-Coverage",
+            "Creamy",
+            "Sheer",
+            "Satin",
+        ],
     ),
     "Nails": (
-        ["Nail Polish", "Top Coat", "Base Coat", "Gel Polish", "Cuticle Oil", "Nail File Set",
-         "Nail Strengthener", "Polish Remover", "Nail Art Stickers", "Quick Dry Drops"],
-        ["Glossy", "Chip-Resistant", "Quick-Dry", "Crackle", "Holographic", "Nourishing",
-         "Neon", "Pastel", "Glitter", "Classic"],
+        [
+            "Nail Polish",
+            "Top Coat",
+            "Base Coat",
+            "Gel Polish",
+            "Cuticle Oil",
+            "Nail File Set",
+            "Nail Strengthener",
+            "Polish Remover",
+            "Nail Art Stickers",
+            "Quick Dry Drops",
+        ],
+        [
+            "Glossy",
+            "Chip-Resistant",
+            "Quick-Dry",
+            "Crackle",
+            "Holographic",
+            "Nourishing",
+            "Neon",
+            "Pastel",
+            "Glitter",
+            "Classic",
+        ],
     ),
     "Fragrance": (
-        ["Eau de Parfum", "Eau de Toilette", "Body Mist", "Perfume Oil", "Cologne",
-         "Solid Perfume", "Fragrance Gift Set", "Rollerball Perfume", "Hair Mist", "Scented Lotion"],
-        ["Floral", "Woody", "Citrus", "Oriental", "Fresh", "Musky", "Sweet", "Powdery",
-         "Aquatic", "Spicy"],
+        [
+            "Eau de Parfum",
+            "Eau de Toilette",
+            "Body Mist",
+            "Perfume Oil",
+            "Cologne",
+            "Solid Perfume",
+            "Fragrance Gift Set",
+            "Rollerball Perfume",
+            "Hair Mist",
+            "Scented Lotion",
+        ],
+        [
+            "Floral",
+            "Woody",
+            "Citrus",
+            "Oriental",
+            "Fresh",
+            "Musky",
+            "Sweet",
+            "Powdery",
+            "Aquatic",
+            "Spicy",
+        ],
     ),
     "Bath & Body": (
-        ["Body Wash", "Body Lotion", "Bath Bomb", "Body Scrub", "Hand Cream", "Shower Gel",
-         "Body Butter", "Bath Salts", "Foot Cream", "Deodorant"],
-        ["Moisturizing", "Exfoliating", "Relaxing", "Energizing", "Shea", "Coconut",
-         "Unscented", "Sensitive-Skin", "Organic", "Whipped"],
+        [
+            "Body Wash",
+            "Body Lotion",
+            "Bath Bomb",
+            "Body Scrub",
+            "Hand Cream",
+            "Shower Gel",
+            "Body Butter",
+            "Bath Salts",
+            "Foot Cream",
+            "Deodorant",
+        ],
+        [
+            "Moisturizing",
+            "Exfoliating",
+            "Relaxing",
+            "Energizing",
+            "Shea",
+            "Coconut",
+            "Unscented",
+            "Sensitive-Skin",
+            "Organic",
+            "Whipped",
+        ],
     ),
     "Tools": (
-        ["Makeup Brush Set", "Hair Dryer", "Curling Iron", "Flat Iron", "Tweezers",
-         "Blending Sponge", "Eyelash Curler", "Facial Roller", "Hair Brush", "Mirror"],
-        ["Professional", "Travel", "Ceramic", "Ionic", "Precision", "Vegan", "Rose Quartz",
-         "Compact", "Cordless", "Ergonomic"],
+        [
+            "Makeup Brush Set",
+            "Hair Dryer",
+            "Curling Iron",
+            "Flat Iron",
+            "Tweezers",
+            "Blending Sponge",
+            "Eyelash Curler",
+            "Facial Roller",
+            "Hair Brush",
+            "Mirror",
+        ],
+        [
+            "Professional",
+            "Travel",
+            "Ceramic",
+            "Ionic",
+            "Precision",
+            "Vegan",
+            "Rose Quartz",
+            "Compact",
+            "Cordless",
+            "Ergonomic",
+        ],
     ),
     "Men's Grooming": (
-        ["Beard Oil", "Shaving Cream", "Aftershave Balm", "Safety Razor", "Beard Trimmer",
-         "Face Wash", "Pomade", "Beard Balm", "Shave Brush", "Body Spray"],
-        ["Sandalwood", "Cooling", "Cedar", "Charcoal", "Menthol", "Classic", "Sport",
-         "Sensitive", "Bourbon", "Fresh"],
+        [
+            "Beard Oil",
+            "Shaving Cream",
+            "Aftershave Balm",
+            "Safety Razor",
+            "Beard Trimmer",
+            "Face Wash",
+            "Pomade",
+            "Beard Balm",
+            "Shave Brush",
+            "Body Spray",
+        ],
+        [
+            "Sandalwood",
+            "Cooling",
+            "Cedar",
+            "Charcoal",
+            "Menthol",
+            "Classic",
+            "Sport",
+            "Sensitive",
+            "Bourbon",
+            "Fresh",
+        ],
     ),
 }
 CATEGORY_WEIGHTS = np.array([0.22, 0.18, 0.2, 0.1, 0.08, 0.1, 0.07, 0.05])
-VARIANTS = ["Rose", "Vanilla", "Lavender", "Coconut", "Ruby Red", "Nude Beige", "Midnight Blue",
-            "Peach", "Jasmine", "Mint", "Coral", "Ivory", "Amber", "Cherry Blossom", "Ocean",
-            "Honey", "Plum", "Sage", "Gold", "Original"]
-SIZES = ["15 ml", "30 ml", "50 ml", "100 ml", "200 ml", "1.7 oz", "3.4 oz", "8 oz", "1 count",
-         "2 pack"]
-BRANDS = ["Lumiere", "Velvetine", "Aurora Lab", "Maison Clair", "Petal & Pine", "NovaSkin",
-          "Glow Theory", "Urban Bloom", "Silk Route", "Oak & Ember", "Blue Lagoon", "Pure Habit",
-          "Luxe Nord", "Kind Botanics", "Ironwood", "Coral Bay", "Hush", "Vivid Co",
-          "Alder & Ash", "Solstice", "Minted", "Opaline", "Terra Rosa", "Northbound"]
-BENEFITS = ["dry skin", "everyday use", "sensitive skin", "damaged hair", "a night out",
-            "travel", "long-lasting results", "a salon finish at home", "all skin types",
-            "a natural look"]
-TEXTURES = ["lightweight", "rich", "silky", "fast-absorbing", "non-greasy", "creamy",
-            "fragrance-free", "dermatologist-tested", "cruelty-free", "vegan"]
+VARIANTS = [
+    "Rose",
+    "Vanilla",
+    "Lavender",
+    "Coconut",
+    "Ruby Red",
+    "Nude Beige",
+    "Midnight Blue",
+    "Peach",
+    "Jasmine",
+    "Mint",
+    "Coral",
+    "Ivory",
+    "Amber",
+    "Cherry Blossom",
+    "Ocean",
+    "Honey",
+    "Plum",
+    "Sage",
+    "Gold",
+    "Original",
+]
+SIZES = [
+    "15 ml",
+    "30 ml",
+    "50 ml",
+    "100 ml",
+    "200 ml",
+    "1.7 oz",
+    "3.4 oz",
+    "8 oz",
+    "1 count",
+    "2 pack",
+]
+BRANDS = [
+    "Lumiere",
+    "Velvetine",
+    "Aurora Lab",
+    "Maison Clair",
+    "Petal & Pine",
+    "NovaSkin",
+    "Glow Theory",
+    "Urban Bloom",
+    "Silk Route",
+    "Oak & Ember",
+    "Blue Lagoon",
+    "Pure Habit",
+    "Luxe Nord",
+    "Kind Botanics",
+    "Ironwood",
+    "Coral Bay",
+    "Hush",
+    "Vivid Co",
+    "Alder & Ash",
+    "Solstice",
+    "Minted",
+    "Opaline",
+    "Terra Rosa",
+    "Northbound",
+]
+BENEFITS = [
+    "dry skin",
+    "everyday use",
+    "sensitive skin",
+    "damaged hair",
+    "a night out",
+    "travel",
+    "long-lasting results",
+    "a salon finish at home",
+    "all skin types",
+    "a natural look",
+]
+TEXTURES = [
+    "lightweight",
+    "rich",
+    "silky",
+    "fast-absorbing",
+    "non-greasy",
+    "creamy",
+    "fragrance-free",
+    "dermatologist-tested",
+    "cruelty-free",
+    "vegan",
+]
 
 
 @dataclass(frozen=True)
@@ -124,32 +354,37 @@ def make_items(cfg: SynthConfig, rng: np.random.Generator) -> tuple[pl.DataFrame
     for i in range(n):
         nouns, adjs = CATEGORIES[cats[cat[i]]]
         noun, adj = nouns[noun_i[i]], adjs[adj_i[i]]
-        titles.append(f"{BRANDS[brand_i[i]]} {adj} {noun} - {VARIANTS[variant_i[i]]}, {SIZES[size_i[i]]}")
+        titles.append(
+            f"{BRANDS[brand_i[i]]} {adj} {noun} - {VARIANTS[variant_i[i]]}, {SIZES[size_i[i]]}"
+        )
         descs.append(
-            f"A {TEXTURES[texture_i[i]]} {adj.lower()} {noun.lower()} for {BENEFITS[benefit_i[i]]}. "
+            f"A {TEXTURES[texture_i[i]]} {adj.lower()} {noun.lower()} "
+            f"for {BENEFITS[benefit_i[i]]}. "
             f"Part of the {BRANDS[brand_i[i]]} {cats[cat[i]].lower()} line."
         )
         tags.append(f"{adj.lower()};{VARIANTS[variant_i[i]].lower()};{cats[cat[i]].lower()}")
     item_ids = [f"i{i:07d}" for i in range(n)]
     active = rng.random(n) >= cfg.inactive_item_share
     updated = dt.datetime.combine(cfg.end - dt.timedelta(days=cfg.days + 1), dt.time(), dt.UTC)
-    items = pl.DataFrame({
-        "item_id": item_ids,
-        "title": titles,
-        "description": descs,
-        "category": [cats[c] for c in cat],
-        "brand": [BRANDS[b] for b in brand_i],
-        "tags": tags,
-        "active": active,
-        "updated_at": [updated.strftime("%Y-%m-%dT%H:%M:%SZ")] * n,
-    })
+    items = pl.DataFrame(
+        {
+            "item_id": item_ids,
+            "title": titles,
+            "description": descs,
+            "category": [cats[c] for c in cat],
+            "brand": [BRANDS[b] for b in brand_i],
+            "tags": tags,
+            "active": active,
+            "updated_at": [updated.strftime("%Y-%m-%dT%H:%M:%SZ")] * n,
+        }
+    )
     # Popularity inside a category is Zipf-like; the follow-up of an item is another
     # item of the same category and brand family (the planted sequential pattern).
     weight = 1.0 / (1.0 + rng.permutation(n)) ** 0.7
     by_cat = [np.flatnonzero(cat == c) for c in range(len(cats))]
     cum = [np.cumsum(weight[idx]) / weight[idx].sum() if len(idx) else None for idx in by_cat]
     follow = np.empty(n, dtype=np.int64)
-    for c, idx in enumerate(by_cat):
+    for idx in by_cat:
         if len(idx) == 0:
             continue
         follow[idx] = idx[rng.permutation(len(idx))] if len(idx) > 1 else idx
@@ -158,9 +393,7 @@ def make_items(cfg: SynthConfig, rng: np.random.Generator) -> tuple[pl.DataFrame
     return items, {"cat": cat, "by_cat": by_cat, "cum": cum, "follow": follow}
 
 
-def _draw_in_category(
-    cats: np.ndarray, latent: dict, rng: np.random.Generator
-) -> np.ndarray:
+def _draw_in_category(cats: np.ndarray, latent: dict, rng: np.random.Generator) -> np.ndarray:
     out = np.empty(len(cats), dtype=np.int64)
     for c in np.unique(cats):
         rows = np.flatnonzero(cats == c)
@@ -214,19 +447,30 @@ def make_events(
     cart = click & (rng.random(len(u)) < 0.4)
     buy = cart & (rng.random(len(u)) < 0.5)
     parts = []
-    for name, mask, delay in (("view", None, 0), ("click", click, 30), ("add_to_cart", cart, 120),
-                              ("purchase", buy, 300)):
+    for name, mask, delay in (
+        ("view", None, 0),
+        ("click", click, 30),
+        ("add_to_cart", cart, 120),
+        ("purchase", buy, 300),
+    ):
         sel = slice(None) if mask is None else mask
-        parts.append(pl.DataFrame({
-            "u": u[sel] + user_lo, "i": it[sel], "event_type": name,
-            "ts": (ts[sel] + delay).round(0),
-        }))
+        parts.append(
+            pl.DataFrame(
+                {
+                    "u": u[sel] + user_lo,
+                    "i": it[sel],
+                    "event_type": name,
+                    "ts": (ts[sel] + delay).round(0),
+                }
+            )
+        )
     ev = pl.concat(parts).sort(["u", "ts", "event_type"])
     ev = ev.with_columns(
         pl.format("u{}", pl.col("u").cast(pl.Utf8).str.zfill(8)).alias("user_id"),
         pl.format("i{}", pl.col("i").cast(pl.Utf8).str.zfill(7)).alias("item_id"),
         pl.from_epoch(pl.col("ts").cast(pl.Int64), time_unit="s")
-        .dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("ts"),
+        .dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        .alias("ts"),
     )
     ev = ev.with_row_index("n").with_columns(
         pl.format("e{}-{}", pl.lit(user_lo), pl.col("n")).alias("event_id")
@@ -275,6 +519,10 @@ def generate(cfg: SynthConfig, out: Path) -> dict[str, int]:
         log.info("synth: users %d..%d -> %d events", lo, hi - 1, len(ev))
     log.info(
         "synth: %d users, %d items, %d events in %.1fs -> %s",
-        cfg.users, cfg.items, n_events, time.perf_counter() - started, out,
+        cfg.users,
+        cfg.items,
+        n_events,
+        time.perf_counter() - started,
+        out,
     )
     return {"users": cfg.users, "items": cfg.items, "events": n_events}

@@ -45,14 +45,19 @@ def load_catalog(snapshot_dir: Path) -> pl.DataFrame:
 def load_sequences(snapshot_dir: Path, item_index: pl.DataFrame) -> Sequences:
     """Histories over catalog items only; items unknown to the catalog are dropped."""
     inter = pl.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id"])
-    inter = inter.join(item_index.select("item_id", "idx"), on="item_id", how="inner",
-                       maintain_order="left")
+    inter = inter.join(
+        item_index.select("item_id", "idx"), on="item_id", how="inner", maintain_order="left"
+    )
     per_user = inter.group_by("user_id", maintain_order=True).len().sort("user_id")
     inter = inter.sort("user_id", maintain_order=True)
     lengths = per_user["len"].to_numpy().astype(np.int64)
     ends = np.cumsum(lengths)
-    return Sequences(per_user["user_id"].to_list(), inter["idx"].to_numpy().astype(np.int64),
-                     ends - lengths, ends)
+    return Sequences(
+        per_user["user_id"].to_list(),
+        inter["idx"].to_numpy().astype(np.int64),
+        ends - lengths,
+        ends,
+    )
 
 
 def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -63,12 +68,15 @@ def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np
     first = np.maximum(seqs.starts + 1, seqs.ends - cfg.targets_per_user)  # first target pos
     count = np.maximum(seqs.ends - first, 0)
     owner = np.repeat(np.arange(len(lengths)), count)
-    pos = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+    pos = np.repeat(first, count) + (
+        np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    )
     hist = histories(seqs.seq, seqs.starts[owner], pos, cfg.max_history)
     target = seqs.seq[pos]
     if len(target) > cfg.max_examples:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(target), cfg.max_examples,
-                                                               replace=False))
+        keep = np.sort(
+            np.random.default_rng(cfg.seed).choice(len(target), cfg.max_examples, replace=False)
+        )
         hist, target = hist[keep], target[keep]
     return hist, target
 
@@ -107,8 +115,14 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
             opt.step()
             total += float(loss.detach()) * len(b)
         losses.append(total / max(len(target), 1))
-        log.info("train: epoch %d/%d loss %.4f (%.1fs, %d examples)", epoch + 1, cfg.epochs,
-                 losses[-1], time.perf_counter() - started, len(target))
+        log.info(
+            "train: epoch %d/%d loss %.4f (%.1fs, %d examples)",
+            epoch + 1,
+            cfg.epochs,
+            losses[-1],
+            time.perf_counter() - started,
+            len(target),
+        )
     return model.eval(), losses
 
 
@@ -130,24 +144,36 @@ def train(
     seqs = load_sequences(snapshot_dir, catalog)
     hist, target = training_examples(seqs, cfg)
     if len(target) == 0:
-        raise ContractError(f"no user in {snapshot_dir} has two or more items: nothing to learn from")
-    log.info("train: %d users, %d items, %d examples", len(seqs.user_ids), catalog.height, len(target))
+        raise ContractError(
+            f"no user in {snapshot_dir} has two or more items: nothing to learn from"
+        )
+    log.info(
+        "train: %d users, %d items, %d examples", len(seqs.user_ids), catalog.height, len(target)
+    )
     model, losses = fit(text, hist, target, cfg)
     train_seconds = time.perf_counter() - started
     registry.export(
-        model, settings.models_dir, version, catalog.select("item_id", "idx"),
+        model,
+        settings.models_dir,
+        version,
+        catalog.select("item_id", "idx"),
         config=dataclasses.asdict(cfg),
         extra={
             "as_of": as_of.isoformat(),
             "data_cutoff": json.loads((snapshot_dir / "snapshot.json").read_text())["cutoff"],
             "text_encoder": encoder,
-            "metrics": {"train_loss": losses[-1], "examples": len(target),
-                        "users": len(seqs.user_ids), "items": catalog.height,
-                        "train_seconds": round(train_seconds, 2)},
+            "metrics": {
+                "train_loss": losses[-1],
+                "examples": len(target),
+                "users": len(seqs.user_ids),
+                "items": catalog.height,
+                "train_seconds": round(train_seconds, 2),
+            },
         },
         example_history=np.tile(hist[:8], (2, 1))[:8],  # >= 2 rows: batch stays dynamic
     )
     registry.promote(settings.models_dir, version)
-    log.info("train: %s trained, exported and promoted in %.1fs", version,
-             time.perf_counter() - started)
+    log.info(
+        "train: %s trained, exported and promoted in %.1fs", version, time.perf_counter() - started
+    )
     return version

@@ -58,7 +58,10 @@ def test_importing_dag_file_loads_no_heavy_modules():
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(REPO / "dags" / f"{DAG_ID}.py")],
-        capture_output=True, text=True, check=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
     )
     assert out.stdout.strip().splitlines()[-1:] in ([], [""]), out.stdout
 
@@ -74,7 +77,9 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
     run = dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 7, "provider": "cpu"})
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
 
-    with duckdb.connect(str(settings.serving / "current" / "serving.duckdb"), read_only=True) as con:
+    with duckdb.connect(
+        str(settings.serving / "current" / "serving.duckdb"), read_only=True
+    ) as con:
         users, rows, runs, per_user = con.execute(
             "select count(distinct user_id), count(*), count(distinct run_id), max(rank) "
             "from recommendations"
@@ -84,6 +89,7 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
     assert rows == 120 * 7 and per_user == 7
     assert runs == 1 and run_id == run.run_id
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
-        recorded = con.execute("select model_version, provider from runs where run_id = $1",
-                               [run.run_id]).fetchone()
+        recorded = con.execute(
+            "select model_version, provider from runs where run_id = $1", [run.run_id]
+        ).fetchone()
     assert recorded is not None and recorded[1] == "CPUExecutionProvider"

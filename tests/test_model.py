@@ -1,0 +1,282 @@
+"""The encoder: ONNX/PyTorch parity, the registry, learning a planted pattern, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+import pytest
+import torch
+from conftest import AS_OF, write_csv
+
+from tasks import embed, ingest, publish, registry, score, snapshot, train
+from tasks.config import ContractError, ScoreConfig, Settings, TrainConfig
+from tasks.model import Encoder, TopNScorer
+
+# ---------------------------------------------------------------- parity and registry
+
+N_ITEMS, TEXT_DIM = 30, 24
+PARITY_CFG = TrainConfig(dim=16, max_history=6)
+
+
+def _random_histories(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """[n, length] item indices 1..N_ITEMS, left-padded with 0, at least one item each."""
+    hist = np.zeros((n, length), dtype=np.int64)
+    for row in range(n):
+        k = int(rng.integers(1, length + 1))
+        hist[row, length - k:] = rng.choice(np.arange(1, N_ITEMS + 1), size=k, replace=False)
+    return hist
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Encoder, Path]:
+    """A random (untrained) encoder exported as version ``v-parity``."""
+    torch.manual_seed(0)
+    text = torch.randn(N_ITEMS + 1, TEXT_DIM)
+    text[0] = 0.0
+    model = Encoder(text, PARITY_CFG).eval()
+    with torch.no_grad():  # make the MLP matter: default init leaves it small
+        for p in model.user_mlp.parameters():
+            p.mul_(3.0)
+    models = tmp_path_factory.mktemp("models")
+    index = pl.DataFrame({"item_id": [f"i{i:02d}" for i in range(1, N_ITEMS + 1)],
+                          "idx": np.arange(1, N_ITEMS + 1, dtype=np.int64)})
+    example = _random_histories(np.random.default_rng(0), 8, PARITY_CFG.max_history)
+    folder = registry.export(model, models, "v-parity", index,
+                             config=dataclasses.asdict(PARITY_CFG), extra={"note": "test"},
+                             example_history=example)
+    return model, folder
+
+
+def test_onnx_matches_pytorch_on_other_shapes(exported) -> None:
+    model, folder = exported
+    manifest = registry.verify(folder)
+    assert set(manifest["files"]) == {"scorer.onnx", "encoder.pt", "items.parquet"}
+    assert manifest["parity"]["max_abs_diff"] <= registry.PARITY_ATOL
+
+    rng = np.random.default_rng(42)
+    batch, width, k = 13, 6, 4  # export used 2, 3, 5; its own parity check 7, 4, 11
+    hist = _random_histories(rng, batch, PARITY_CFG.max_history)
+    exclude = np.zeros((batch, width), dtype=np.int64)
+    for row in range(batch):  # the history's items, padded with 0
+        items = hist[row][hist[row] > 0][-width:]
+        exclude[row, : len(items)] = items
+    bias = np.zeros(N_ITEMS + 1, dtype=np.float32)
+    inactive = np.array([3, 7, 11, 19])
+    bias[0] = bias[inactive] = -np.inf
+
+    sess = ort.InferenceSession(str(folder / registry.SCORER), providers=["CPUExecutionProvider"])
+    got_s, got_i, got_b = sess.run(None, registry.scorer_inputs(hist, exclude, bias, k))
+    with torch.no_grad():
+        want = TopNScorer(model).eval()(torch.from_numpy(hist), torch.from_numpy(exclude),
+                                         torch.from_numpy(bias), torch.zeros(k))
+    want_s, want_i, want_b = (t.numpy() for t in want)
+
+    assert got_s.shape == got_i.shape == got_b.shape == (batch, k)
+    assert np.isfinite(want_s).all()
+    assert np.allclose(got_s, want_s, atol=1e-4, rtol=0)
+    # ids must agree wherever the score is not tied with a neighbour within tolerance
+    gaps = np.diff(want_s, axis=1)
+    untied = np.ones_like(want_s, dtype=bool)
+    untied[:, 1:] &= np.abs(gaps) > 1e-4
+    untied[:, :-1] &= np.abs(gaps) > 1e-4
+    assert untied.mean() > 0.9
+    assert np.array_equal(got_i[untied], want_i[untied])
+    assert np.array_equal(got_b[untied], want_b[untied])
+    # masking holds in the exported graph: no padding, inactive or excluded item
+    for row in range(batch):
+        assert not set(got_i[row]) & ({0, *inactive.tolist()} | set(exclude[row].tolist()))
+        assert set(got_b[row]) <= set(hist[row][hist[row] > 0].tolist())
+    # scores are the model's: the user vector against the item vectors
+    with torch.no_grad():
+        items = model.item_vectors()
+        users = model.user_vectors(torch.from_numpy(hist), items)
+        direct = torch.gather(users @ items.T, 1, torch.from_numpy(got_i)).numpy()
+    assert np.allclose(got_s, direct, atol=1e-4)
+
+
+def test_registry_verify_detects_a_tampered_file(exported, tmp_path: Path) -> None:
+    _, folder = exported
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    assert registry.verify(copy)["version"] == "v-parity"
+    with (copy / "items.parquet").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ContractError, match="checksum mismatch"):
+        registry.verify(copy)
+    registry.promote(tmp_path, folder.name)
+    with pytest.raises(ContractError):
+        registry.current(tmp_path)  # the promoted version is checked on every read
+    (copy / "scorer.onnx").unlink()
+    with pytest.raises(ContractError):
+        registry.verify(copy)
+
+
+def test_registry_promote_and_current(exported, tmp_path: Path) -> None:
+    _, folder = exported
+    with pytest.raises(ContractError, match="no promoted model"):
+        registry.current(tmp_path)
+    for name in ("v1", "v2"):
+        shutil.copytree(folder, tmp_path / name)
+    registry.promote(tmp_path, "v1")
+    assert registry.current(tmp_path) == (tmp_path / "v1").resolve()
+    registry.promote(tmp_path, "v2")
+    assert registry.current(tmp_path) == (tmp_path / "v2").resolve()
+    assert (tmp_path / "current").is_symlink()
+    with pytest.raises(ContractError, match="no such version"):
+        registry.promote(tmp_path, "v3")
+    with pytest.raises(ContractError):
+        registry.promote(tmp_path, "../v1")
+    assert registry.current(tmp_path) == (tmp_path / "v2").resolve()  # unchanged by failures
+
+
+# ---------------------------------------------------------------- planted pattern
+
+ITEMS = [  # id, title, category
+    ("i01", "Hydrating Face Serum", "Skincare"),
+    ("i02", "Vitamin C Brightening Toner", "Skincare"),
+    ("i03", "Retinol Night Cream", "Skincare"),
+    ("i04", "Gentle Gel Cleanser", "Skincare"),
+    ("i05", "Argan Repair Shampoo", "Hair Care"),
+    ("i06", "Keratin Smoothing Conditioner", "Hair Care"),
+    ("i07", "Anti-Frizz Hair Oil", "Hair Care"),
+    ("i08", "Volumizing Dry Shampoo", "Hair Care"),
+    ("i09", "Matte Velvet Lipstick", "Makeup"),
+    ("i10", "Waterproof Mascara", "Makeup"),
+    ("i11", "Full-Coverage Foundation", "Makeup"),
+    ("i12", "Shimmer Eyeshadow Palette", "Makeup"),
+]
+# two planted follow-ups across categories: text alone does not explain them, and B and
+# D are equally popular, so only the user's last item tells which one comes next
+A, B = "i01", "i10"  # face serum -> mascara
+C, D = "i07", "i04"  # hair oil -> gel cleanser
+HELD_A = [f"held_a{n}" for n in range(4)]
+HELD_C = [f"held_c{n}" for n in range(4)]
+PLANTED_CFG = TrainConfig(dim=32, epochs=20, batch_size=64, lr=1e-2, seed=3)
+
+
+def _write_planted(landing: Path, seed: int = 5) -> None:
+    rng = np.random.default_rng(seed)
+    ids = [i for i, _, _ in ITEMS]
+    filler = [i for i in ids if i not in (A, B, C, D)]
+    write_csv(landing / "items" / "items.csv", "item_id,title,category",
+              [f"{i},{t},{c}" for i, t, c in ITEMS])
+
+    def pick(pool: list[str], lo: int, hi: int) -> list[str]:
+        return list(rng.choice(pool, size=int(rng.integers(lo, hi + 1)), replace=False))
+
+    histories: dict[str, list[str]] = {}
+    for n in range(60):  # ... A, B, ...
+        pre, post = pick(filler, 0, 3), pick(filler, 0, 2)
+        histories[f"pa{n:03d}"] = [x for x in pre if x not in post] + [A, B] + post
+    for n in range(60):  # ... C, D, ...
+        pre, post = pick(filler, 0, 3), pick(filler, 0, 2)
+        histories[f"pc{n:03d}"] = [x for x in pre if x not in post] + [C, D] + post
+    n = 0
+    while n < 30:  # random users, without either planted pair
+        seq = pick(ids, 3, 6)
+        if any(seq[j:j + 2] in ([A, B], [C, D]) for j in range(len(seq) - 1)):
+            continue
+        histories[f"r{n:03d}"] = seq
+        n += 1
+    for user in HELD_A:
+        histories[user] = pick([x for x in ids if x not in (A, B)], 1, 3) + [A]
+    for user in HELD_C:
+        histories[user] = pick([x for x in ids if x not in (C, D)], 1, 3) + [C]
+
+    start = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    rows = []
+    for u, (user, seq) in enumerate(sorted(histories.items())):
+        t = start + dt.timedelta(hours=3 * u)
+        for step, item in enumerate(seq):
+            ts = t + dt.timedelta(minutes=10 * step)
+            assert ts.date() < AS_OF
+            rows.append(f"{user},{item},view,{ts:%Y-%m-%dT%H:%M:%SZ}")
+    write_csv(landing / "events" / "events.csv", "user_id,item_id,event_type,ts", rows)
+    write_csv(landing / "users" / "users.csv", "user_id", sorted(histories))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("planted")
+    settings = Settings.from_env(home=root / "home", models_dir=root / "models")
+    _write_planted(settings.landing)
+    totals = ingest.ingest(settings).totals
+    assert totals["rejected"] == 0 and totals["duplicates"] == 0
+    snap = snapshot.snapshot(settings, AS_OF)
+    embed.embed(settings, snap)
+    version = train.train(settings, snap, AS_OF, PLANTED_CFG)
+    return {"settings": settings, "snapshot": snap, "version": version}
+
+
+def _published(settings: Settings) -> pl.DataFrame:
+    con = duckdb.connect(str(settings.serving / "current" / publish.SERVING_DB), read_only=True)
+    try:
+        return pl.from_arrow(con.execute(
+            "select user_id, rank, item_id, reason, because_item_id from recommendations "
+            "order by user_id, rank").to_arrow_table())
+    finally:
+        con.close()
+
+
+def test_model_learns_planted_follow_ups(planted) -> None:
+    settings, snap = planted["settings"], planted["snapshot"]
+    stats = score.score(settings, snap, "planted", ScoreConfig(top_n=5, provider="cpu"))
+    assert stats["model_version"] == planted["version"]
+    publish.publish(settings, "planted", AS_OF)
+    recs = _published(settings)
+
+    def ranks(users: list[str], item: str) -> list[int | None]:
+        out = []
+        for user in users:
+            mine = recs.filter(pl.col("user_id") == user)
+            assert mine.height == 5 and set(mine["reason"]) == {"history"}
+            hit = mine.filter(pl.col("item_id") == item)
+            out.append(hit["rank"][0] if hit.height else None)
+        return out
+
+    rank_b, rank_d = ranks(HELD_A, B), ranks(HELD_C, D)
+    assert rank_b == [1] * len(HELD_A), f"B ranks for users ending in A: {rank_b}"
+    assert rank_d == [1] * len(HELD_C), f"D ranks for users ending in C: {rank_d}"
+    # and the reason given is the planted trigger
+    top = recs.filter(pl.col("user_id").is_in(HELD_A + HELD_C) & (pl.col("rank") == 1))
+    assert dict(zip(top["item_id"], top["because_item_id"], strict=True)) == {B: A, D: C}
+
+
+def _scorer_outputs(version_dir: Path) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    n = len(ITEMS)
+    hist = np.zeros((9, PLANTED_CFG.max_history), dtype=np.int64)
+    for row in range(9):
+        k = int(rng.integers(1, 5))
+        hist[row, -k:] = rng.choice(np.arange(1, n + 1), size=k, replace=False)
+    exclude = hist[:, -4:].copy()
+    bias = np.zeros(n + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    sess = ort.InferenceSession(str(version_dir / registry.SCORER), providers=["CPUExecutionProvider"])
+    return sess.run(None, registry.scorer_inputs(hist, exclude, bias, 6))
+
+
+def test_training_is_deterministic(planted, tmp_path: Path) -> None:
+    first = planted["settings"]
+    other = dataclasses.replace(first, models_dir=tmp_path / "models")
+    version = train.train(other, planted["snapshot"], AS_OF, PLANTED_CFG)
+    assert version == planted["version"]
+    dir1, dir2 = first.models_dir / version, other.models_dir / version
+    assert registry.verify(dir2)["metrics"]["train_loss"] == registry.verify(dir1)["metrics"]["train_loss"]
+    s1 = torch.load(dir1 / "encoder.pt")
+    s2 = torch.load(dir2 / "encoder.pt")
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    for a, b in zip(_scorer_outputs(dir1), _scorer_outputs(dir2), strict=True):
+        assert np.array_equal(a, b)
+    # a different seed is a different model: the comparison above can fail
+    reseeded = dataclasses.replace(PLANTED_CFG, seed=PLANTED_CFG.seed + 1)
+    v3 = train.train(other, planted["snapshot"], AS_OF, reseeded)
+    assert v3 != version
+    assert not np.array_equal(_scorer_outputs(dir1)[0], _scorer_outputs(other.models_dir / v3)[0])
