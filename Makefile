@@ -45,7 +45,7 @@ demo: $(STAMP)
 	@echo "serving tables:  $(NIGHTREC_HOME)/serving/current/serving.duckdb (and recommendations.parquet)"
 	@echo "model:           $$(readlink $(NIGHTREC_MODELS_DIR)/current)"
 	@echo
-	nightrec -q recs --user u00000001 --user u00000002 --user u00000003 --limit 10
+	nightrec -q recs --sample 2 --limit 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--no-retrain", action="store_true", help="score with the current model")
 
     p = sub.add_parser("recs", help="show published recommendations")
-    p.add_argument("--user", action="append", required=True, help="user id (repeatable)")
+    p.add_argument("--user", action="append", help="user id (repeatable)")
+    p.add_argument("--sample", type=int, help="instead: this many users of each reason")
     p.add_argument("--limit", type=int, default=10)
     sub.add_parser("rollback", help="serve the previous published version")
 
@@ -145,10 +146,11 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "recs":
         import polars as pl
 
-        from tasks.recs import recommendations_for
+        from tasks.recs import recommendations_for, sample_users
 
+        users = args.user or sample_users(settings, args.sample or 1)
         with pl.Config(tbl_rows=100, fmt_str_lengths=60, tbl_width_chars=160):
-            return str(recommendations_for(settings, args.user, args.limit))
+            return str(recommendations_for(settings, users, args.limit))
     if args.step == "rollback":
         from tasks.publish import rollback
 

@@ -16,6 +16,18 @@ def serving_path(settings: Settings):
     return path
 
 
+def sample_users(settings: Settings, per_reason: int = 2) -> list[str]:
+    """A few users of each kind (model and popular), smallest ids first: for demos."""
+    with db.connect(serving_path(settings), read_only=True) as con:
+        rows = con.execute(
+            "select user_id from (select user_id, reason, row_number() over "
+            "(partition by reason order by user_id) as n from recommendations where rank = 1) "
+            "where n <= $n order by reason, user_id",
+            {"n": per_reason},
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
 def recommendations_for(settings: Settings, user_ids: list[str], limit: int = 10) -> pl.DataFrame:
     """Top ``limit`` of each user with item titles, from the current serving version."""
     with db.connect(serving_path(settings), read_only=True) as con:

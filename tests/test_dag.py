@@ -21,8 +21,9 @@ def airflow_db():
     db.initdb()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def dagbag(airflow_db):
+    """A fresh parse per test: ``dag.test(run_conf=...)`` updates the DAG object's params."""
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(REPO / "dags"))
@@ -93,3 +94,37 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
             "select model_version, provider from runs where run_id = $1", [run.run_id]
         ).fetchone()
     assert recorded is not None and recorded[1] == "CPUExecutionProvider"
+
+
+def test_manual_run_params(dagbag, settings, monkeypatch):
+    """A manual run without retraining scores with the promoted model at its own top_n."""
+    from tasks.synth import SynthConfig, generate
+
+    monkeypatch.setenv("NIGHTREC_HOME", str(settings.home))
+    monkeypatch.setenv("NIGHTREC_MODELS_DIR", str(settings.models_dir))
+    generate(SynthConfig(users=80, items=30, seed=5), settings.landing)
+    dag = dagbag.get_dag(DAG_ID)
+
+    # retrain off with no promoted model: a contract error, failed without retries
+    first = dag.test(run_conf={"as_of": AS_OF.isoformat(), "retrain": False})
+    assert "success" not in str(first.state).lower()
+
+    dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 4, "retrain": True})
+    version = (settings.models_dir / "current").resolve().name
+    run = dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 3, "retrain": False})
+    assert "success" in str(run.state).lower()
+    assert (settings.models_dir / "current").resolve().name == version
+    with duckdb.connect(
+        str(settings.serving / "current" / "serving.duckdb"), read_only=True
+    ) as con:
+        models, max_rank, run_ids = con.execute(
+            "select count(distinct model_version), max(rank), list(distinct run_id) "
+            "from recommendations"
+        ).fetchone()
+    assert models == 1 and max_rank == 3 and run_ids == [run.run_id]
+
+
+def test_bad_param_is_refused(dagbag):
+    dag = dagbag.get_dag(DAG_ID)
+    with pytest.raises(Exception, match="top_n|1000|maximum"):
+        dag.test(run_conf={"top_n": 5000})
