@@ -52,6 +52,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tasks dags tests bench
+	$(BIN)/ruff format --check tasks dags tests bench
+	$(BIN)/mypy tasks
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py

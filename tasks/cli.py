@@ -118,7 +118,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
         from tasks.train import train
 
         return train(settings, snap, as_of, TrainConfig(epochs=args.epochs))
-    score_cfg = None
+    score_cfg = ScoreConfig()
     if args.step in ("score", "run"):
         score_cfg = ScoreConfig(
             top_n=args.top_n, provider=args.provider, batch_size=args.batch_size

@@ -41,6 +41,16 @@ def run(
     return con.execute(sql(name), dict(params or {}))
 
 
+def one(
+    con: duckdb.DuckDBPyConnection, query: str, params: Mapping[str, Any] | None = None
+) -> tuple[Any, ...]:
+    """The single row a query must return."""
+    row = con.execute(query, dict(params or {})).fetchone()
+    if row is None:
+        raise RuntimeError(f"query returned no row: {query[:80]}")
+    return row
+
+
 def record_metrics(
     con: duckdb.DuckDBPyConnection, run_id: str, step: str, metrics: Mapping[str, float]
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import time
@@ -143,6 +144,8 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
         "reused": unique.height - missing.height,
     }
     (snapshot_dir / "text_encoder.txt").write_text(encoder + "\n")
+    stats = {**counts, "seconds": round(time.perf_counter() - started, 3)}
+    (snapshot_dir / "embed.json").write_text(json.dumps(stats))
     log.info(
         "embed: %d items, %d texts encoded, %d reused from cache, %.1fs",
         counts["items"],

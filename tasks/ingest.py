@@ -147,7 +147,8 @@ def _read_csv_slow(path: Path) -> tuple[pl.DataFrame, Broken]:
 
 
 def _read_jsonl_slow(path: Path) -> tuple[pl.DataFrame, Broken]:
-    rows, broken = [], []
+    rows: list[dict] = []
+    broken: Broken = []
     with path.open(encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -204,9 +205,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, checksum:
             f"create or replace temp table checked as {db.sql('check_' + kind)}",
             {"event_types": list(EVENT_TYPES)} if kind == "events" else {},
         )
-        res.rejected = con.execute(
-            "select count(*) from checked where bad_field is not null"
-        ).fetchone()[0]
+        res.rejected = db.one(con, "select count(*) from checked where bad_field is not null")[0]
         db.run(con, "reject_rows", {**base, "now": now})
         if broken:
             con.executemany(
@@ -215,10 +214,15 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path, kind: str, checksum:
             )
             res.rejected += len(broken)
         good = res.rows - res.rejected
-        before = con.execute(f"select count(*) from {KEY_TABLE[kind]}").fetchone()[0]
+        before = db.one(con, f"select count(*) from {KEY_TABLE[kind]}")[0]
         db.run(con, LOADERS[kind], {"source_file": str(path)})
-        after = con.execute(f"select count(*) from {KEY_TABLE[kind]}").fetchone()[0]
-        res.loaded = good if kind == "items" else after - before
+        after = db.one(con, f"select count(*) from {KEY_TABLE[kind]}")[0]
+        if kind == "items":  # an upsert: count the distinct items the file carried
+            res.loaded = db.one(
+                con, "select count(distinct p_key) from checked where bad_field is null"
+            )[0]
+        else:
+            res.loaded = after - before
         res.duplicates = good - res.loaded
         con.execute(
             "insert into ingested_files values ($1, $2, $3, $4, $5, $6, $7, $8)",

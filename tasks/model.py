@@ -23,6 +23,8 @@ NEG = float("-inf")
 
 
 class Encoder(nn.Module):
+    text: torch.Tensor  # buffer: [M + 1, T] frozen text embeddings
+
     def __init__(self, text_emb: torch.Tensor, cfg: TrainConfig) -> None:
         """``text_emb``: [M + 1, T] frozen text embeddings, row 0 (padding) all zeros."""
         super().__init__()
@@ -48,7 +50,11 @@ class Encoder(nn.Module):
         self, history: torch.Tensor, items: torch.Tensor | None = None
     ) -> torch.Tensor:
         """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim]."""
-        hv = self.item_vectors(history) if items is None else items[history]  # [B, L, dim]
+        # an embedding lookup, not items[history]: its backward on CPU is deterministic, the
+        # indexing one accumulates in thread order (training would not repeat bit for bit)
+        hv = (
+            self.item_vectors(history) if items is None else nn.functional.embedding(history, items)
+        )
         mask = history > 0  # [B, L]
         w = self.recency[-history.shape[1] :].expand_as(history).masked_fill(~mask, NEG)
         w = torch.softmax(w, dim=1).nan_to_num(0.0).unsqueeze(-1)  # [B, L, 1]
@@ -65,6 +71,8 @@ class Encoder(nn.Module):
 
 class TopNScorer(nn.Module):
     """One fused scoring pass; the item matrix is frozen into the graph."""
+
+    item_matrix: torch.Tensor  # buffer: [M + 1, dim]
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()

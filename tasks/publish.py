@@ -99,11 +99,11 @@ def publish(settings: Settings, run_id: str, as_of: dt.date) -> dict:
                 "copy recommendations to $path (format parquet)",
                 {"path": str(tmp / "recommendations.parquet")},
             )
-            rows, users = con.execute("select rows, users from serving_info").fetchone()
+            rows, users = db.one(con, "select rows, users from serving_info")
         tmp.rename(final)
     else:
         with db.connect(final / SERVING_DB, read_only=True) as con:
-            rows, users = con.execute("select rows, users from serving_info").fetchone()
+            rows, users = db.one(con, "select rows, users from serving_info")
         log.info("publish: %s already built from these scores; re-pointing only", serving_id)
     _swap_current(settings.serving, serving_id)
     _prune(versions, keep=KEEP_VERSIONS, current=serving_id)
@@ -173,6 +173,25 @@ def record_run(
             },
         )
         db.record_metrics(con, run_id, "publish", {"rows": rows, "seconds": publish_seconds})
+        for step, values in _upstream_metrics(settings, as_of, model_version).items():
+            db.record_metrics(con, run_id, step, values)
+
+
+def _upstream_metrics(settings: Settings, as_of: dt.date, model_version: str) -> dict:
+    """Counts and timings the earlier steps left beside their outputs (numbers only)."""
+    snap = settings.snapshot_dir(as_of)
+    found = {}
+    for step, path, key in (
+        ("snapshot", snap / "snapshot.json", None),
+        ("embed", snap / "embed.json", None),
+        ("train", settings.models_dir / model_version / "manifest.json", "metrics"),
+    ):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get(key, {}) if key else data
+            flat = {**data.pop("rows", {}), **data} if step == "snapshot" else data
+            found[step] = {k: v for k, v in flat.items() if isinstance(v, int | float)}
+    return found
 
 
 def rollback(settings: Settings) -> str:

@@ -193,7 +193,7 @@ def popular_for(cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig) -> pl.Dat
 
     seen = pl.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id"])
     seen = seen.join(pl.DataFrame({"user_id": cold}), on="user_id", how="semi")
-    most_seen = int(seen.group_by("user_id").len()["len"].max() or 0)
+    most_seen = int(seen.group_by("user_id").len()["len"].max() or 0)  # type: ignore[arg-type]
     with duckdb.connect() as con:
         popular = db.frame(
             con,

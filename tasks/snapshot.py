@@ -45,7 +45,14 @@ def snapshot(settings: Settings, as_of: dt.date) -> Path:
         shutil.rmtree(tmp)
         raise ContractError(f"no items in {settings.warehouse}: ingest an item catalog first")
     (tmp / "snapshot.json").write_text(
-        json.dumps({"as_of": as_of.isoformat(), "cutoff": cutoff.isoformat(), "rows": counts})
+        json.dumps(
+            {
+                "as_of": as_of.isoformat(),
+                "cutoff": cutoff.isoformat(),
+                "rows": counts,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
     )
     if out.exists():
         old = out.with_name(out.name + ".old")

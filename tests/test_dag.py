@@ -93,7 +93,20 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
         recorded = con.execute(
             "select model_version, provider from runs where run_id = $1", [run.run_id]
         ).fetchone()
+        steps = dict(
+            con.execute(
+                "select step, count(*) from run_metrics where run_id = $1 group by step",
+                [run.run_id],
+            ).fetchall()
+        )
+        scored = con.execute(
+            "select value from run_metrics where run_id = $1 and step = 'score' "
+            "and metric = 'users'",
+            [run.run_id],
+        ).fetchone()
     assert recorded is not None and recorded[1] == "CPUExecutionProvider"
+    assert set(steps) == {"snapshot", "embed", "train", "score", "publish"}
+    assert scored == (120.0,)
 
 
 def test_manual_run_params(dagbag, settings, monkeypatch):

@@ -1,0 +1,1 @@
+"""nightrec: the logic of the nightly recommendation pipeline, one module per step."""
