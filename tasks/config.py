@@ -103,6 +103,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-6
+    negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
     seed: int = 7
 
 

@@ -68,6 +68,18 @@ class Encoder(nn.Module):
         logits = self.user_vectors(history, items) @ items.T
         return logits.index_fill(1, torch.tensor([0]), NEG)
 
+    def sampled_logits(
+        self, history: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the batch's targets plus shared uniform negatives, and target positions.
+
+        For large catalogs: the cost of a step no longer grows with the number of items.
+        Uniform sampling needs no log-q correction. Returns ([B, C] logits, [B] labels).
+        """
+        cand = torch.unique(torch.cat([target, negatives]))  # sorted: [C]
+        labels = torch.searchsorted(cand, target)
+        return self.user_vectors(history) @ self.item_vectors(cand).T, labels
+
 
 class TopNScorer(nn.Module):
     """One fused scoring pass; the item matrix is frozen into the graph."""

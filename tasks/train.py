@@ -102,6 +102,10 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     model = Encoder(text_emb, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     h_all, t_all = torch.from_numpy(hist), torch.from_numpy(target)
+    n_items = text_emb.shape[0]  # M + 1
+    sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log.info("train: %s softmax over %d items", "sampled" if sampled else "full", n_items - 1)
     losses = []
     for epoch in range(cfg.epochs):
         started, total = time.perf_counter(), 0.0
@@ -109,7 +113,12 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         model.train()
         for lo in range(0, len(order), cfg.batch_size):
             b = order[lo : lo + cfg.batch_size]
-            loss = torch.nn.functional.cross_entropy(model(h_all[b]), t_all[b])
+            if sampled:
+                negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
+                logits, labels = model.sampled_logits(h_all[b], t_all[b], negatives)
+            else:
+                logits, labels = model(h_all[b]), t_all[b]
+            loss = torch.nn.functional.cross_entropy(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
