@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ import polars as pl
 
 from tasks import db
 from tasks.config import EVENT_TYPES, ContractError, Settings
+from tasks.registry import sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,6 @@ class IngestResult:
 
 class UnreadableFile(Exception):
     """The file cannot be parsed at all; it is recorded as one rejected row."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _as_text(df: pl.DataFrame) -> pl.DataFrame:
@@ -264,7 +256,7 @@ def ingest(settings: Settings, landing: Path | None = None) -> IngestResult:
             tuple(r) for r in con.execute("select kind, checksum from ingested_files").fetchall()
         }
         for kind, path in landing_files(landing):
-            checksum = sha256_file(path)
+            checksum = sha256(path)
             if (kind, checksum) in seen:
                 result.files.append(FileResult(str(path), kind, skipped=True))
                 log.info("ingest: %s already ingested (sha256 %s…); skipped", path, checksum[:12])
