@@ -1,0 +1,342 @@
+"""Scoring and publishing on a small synthetic shop: the published table's contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from conftest import AS_OF, write_csv
+
+from tasks import publish, score
+from tasks.config import ContractError, ScoreConfig, Settings, TrainConfig
+from tasks.pipeline import run_all
+from tasks.snapshot import cutoff_of
+from tasks.synth import SynthConfig, generate
+
+TOP_N = 10
+EXTRA_COLD = [f"cold_extra_{n}" for n in range(4)]
+FUTURE_USER = "signs_up_after_as_of"
+HEAVY_USER = "heavy_user"
+HEAVY_UNSEEN = 5  # active items the heavy user has not seen: a list shorter than TOP_N
+
+
+def read_table(path: Path, sql: str = "select * from recommendations") -> pl.DataFrame:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return pl.from_arrow(con.sql(sql).to_arrow_table())
+    finally:
+        con.close()
+
+
+def current_db(settings: Settings) -> Path:
+    return settings.serving / "current" / publish.SERVING_DB
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny model: one intra-op thread is fastest, and does not spin-wait on a busy host."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run1(tmp_path_factory) -> dict:
+    """One full pipeline run over 300 synthetic users and 60 items, plus planted extras."""
+    root = tmp_path_factory.mktemp("scoring")
+    settings = Settings.from_env(home=root / "home", models_dir=root / "models")
+    landing = settings.landing
+    generate(SynthConfig(users=300, items=60, seed=11), landing)
+    items = pl.read_csv(landing / "items" / "items-00000.csv", infer_schema=False)
+    events = pl.read_csv(landing / "events" / "*.csv", infer_schema=False)
+
+    # deactivate the two most popular items, so "inactive" matters for the popular list too
+    popular = (
+        events.group_by("item_id")
+        .agg(pl.col("user_id").n_unique().alias("n"))
+        .sort(["n", "item_id"], descending=[True, False])["item_id"]
+        .head(2)
+        .to_list()
+    )
+    items.filter(pl.col("item_id").is_in(popular)).with_columns(
+        active=pl.lit("false"), updated_at=pl.lit("2026-10-20T00:00:00Z")
+    ).write_csv(landing / "items" / "items-zz-deactivate.csv")
+    active = sorted(
+        items.filter((pl.col("active") == "true") & ~pl.col("item_id").is_in(popular))["item_id"]
+    )
+    # signed-up users without events (cold), and one who signs up after the run date
+    write_csv(
+        landing / "users" / "users-zz-extra.csv",
+        "user_id,created_at",
+        [f"{u},2026-10-15T00:00:00Z" for u in EXTRA_COLD] + [f"{FUTURE_USER},2026-11-05T00:00:00Z"],
+    )
+    # a user who has seen every item but five active ones
+    start = dt.datetime(2026, 10, 20, tzinfo=dt.UTC)
+    seen = [i for i in sorted(items["item_id"]) if i not in active[-HEAVY_UNSEEN:]]
+    write_csv(
+        landing / "events" / "events-zz-heavy.csv",
+        "user_id,item_id,event_type,ts",
+        [
+            f"{HEAVY_USER},{i},view,{start + dt.timedelta(minutes=n):%Y-%m-%dT%H:%M:%SZ}"
+            for n, i in enumerate(seen)
+        ],
+    )
+
+    out = run_all(
+        settings,
+        AS_OF,
+        run_id="run1",
+        train_cfg=TrainConfig(dim=16, epochs=2, seed=1),
+        score_cfg=ScoreConfig(top_n=TOP_N, provider="cpu"),
+    )
+    assert out["ingest"]["result"]["rejected"] == 0
+    serving_id = out["publish"]["result"]["serving_id"]
+    path = settings.serving / "versions" / serving_id / publish.SERVING_DB
+    con = duckdb.connect(str(settings.warehouse), read_only=True)
+    try:
+        ev = pl.from_arrow(
+            con.sql(
+                "select user_id, item_id, ts from events where ts < $cutoff",
+                params={"cutoff": cutoff_of(AS_OF)},
+            ).to_arrow_table()
+        )
+        catalog = pl.from_arrow(con.sql("select item_id, active from items").to_arrow_table())
+        runs = con.execute(
+            "select run_id, model_version, serving_id, provider from runs"
+        ).fetchall()
+    finally:
+        con.close()
+    return {
+        "settings": settings,
+        "snapshot": out["snapshot"]["result"],
+        "out": out,
+        "serving_id": serving_id,
+        "path": path,
+        "recs": read_table(path),
+        "events": ev,
+        "seen": ev.select("user_id", "item_id").unique(),
+        "active": set(catalog.filter("active")["item_id"]),
+        "inactive": set(catalog.filter(~pl.col("active"))["item_id"]),
+        "deactivated": popular,
+        "runs": runs,
+    }
+
+
+def isolated(run1: dict, tmp_path: Path) -> Settings:
+    """A fresh home (warehouse, scores, serving) on run1's model registry and snapshot."""
+    return dataclasses.replace(run1["settings"], home=tmp_path / "home")
+
+
+def expected_counts(run1: dict, users: list[str], top_n: int) -> dict[str, int]:
+    seen_active = (
+        run1["seen"].filter(pl.col("item_id").is_in(list(run1["active"]))).group_by("user_id").len()
+    )
+    n_seen = dict(zip(seen_active["user_id"], seen_active["len"], strict=True))
+    return {u: min(top_n, len(run1["active"]) - n_seen.get(u, 0)) for u in users}
+
+
+def snapshot_users(run1: dict) -> list[str]:
+    return pl.read_parquet(run1["snapshot"] / "users.parquet")["user_id"].to_list()
+
+
+def test_never_a_seen_item_nor_a_duplicate_and_ranks_run_1_to_n(run1) -> None:
+    recs = run1["recs"]
+    assert recs.height > 0
+    again = recs.join(run1["seen"], on=["user_id", "item_id"], how="inner")
+    assert again.height == 0, again.head()
+    assert recs.group_by("user_id", "item_id").len().filter(pl.col("len") > 1).height == 0
+    ranks = recs.group_by("user_id").agg(pl.col("rank").sort())
+    for user, got in ranks.iter_rows():
+        assert got == list(range(1, len(got) + 1)), user
+    # better first: scores never rise with rank
+    drops = recs.sort("user_id", "rank").with_columns(
+        up=pl.col("score").diff().over("user_id") > 1e-6
+    )
+    assert not drops["up"].any()
+    assert set(recs["run_id"]) == {"run1"}
+    assert set(recs["model_version"]) == {run1["out"]["train"]["result"]}
+    assert set(recs["generated_at"]) == {dt.datetime(2026, 11, 1, tzinfo=dt.UTC)}
+
+
+def test_exactly_top_n_per_user_where_the_catalog_allows(run1) -> None:
+    users = snapshot_users(run1)
+    want = expected_counts(run1, users, TOP_N)
+    got = dict(run1["recs"].group_by("user_id").len().iter_rows())
+    assert got == want
+    assert got[HEAVY_USER] == HEAVY_UNSEEN  # the short list is exercised
+    assert sum(n == TOP_N for n in got.values()) > 0.9 * len(users)
+
+
+def test_top_n_larger_than_the_catalog(run1, tmp_path: Path) -> None:
+    settings = isolated(run1, tmp_path)
+    top_n = 100
+    assert top_n > len(run1["active"]) + len(run1["inactive"])
+    score.score(settings, run1["snapshot"], "big", ScoreConfig(top_n=top_n, provider="cpu"))
+    publish.publish(settings, "big", AS_OF)
+    recs = read_table(current_db(settings))
+    got = dict(recs.group_by("user_id").len().iter_rows())
+    users = snapshot_users(run1)
+    want = expected_counts(run1, users, top_n)
+    assert max(want.values()) < top_n  # every list is cut by the catalog, not by top_n
+    assert got == want
+    for user in EXTRA_COLD:  # nothing seen: every active item
+        assert got[user] == len(run1["active"])
+    assert not set(recs["item_id"]) & run1["inactive"]
+    assert recs.join(run1["seen"], on=["user_id", "item_id"], how="inner").height == 0
+
+
+def test_inactive_items_are_never_recommended(run1) -> None:
+    inactive = run1["inactive"]
+    assert set(run1["deactivated"]) <= inactive
+    assert not set(run1["recs"]["item_id"]) & inactive
+    # the deactivated items were the most popular: without the check they would show up
+    assert run1["events"].filter(pl.col("item_id").is_in(run1["deactivated"])).height > 0
+
+
+def test_cold_users_get_popular_items_in_popularity_order(run1) -> None:
+    recs, events = run1["recs"], run1["events"]
+    cold = sorted(set(snapshot_users(run1)) - set(events["user_id"]))
+    assert set(EXTRA_COLD) <= set(cold) and len(cold) > len(EXTRA_COLD)  # synth's own too
+
+    since = events["ts"].max() - dt.timedelta(days=30)
+    recent = (
+        events.filter(pl.col("ts") >= since)
+        .group_by("item_id")
+        .agg(pl.col("user_id").n_unique().alias("users"))
+    )
+    ranking = (
+        pl.DataFrame({"item_id": sorted(run1["active"])})
+        .join(recent, on="item_id", how="left")
+        .fill_null(0)
+        .sort(["users", "item_id"], descending=[True, False])
+        .head(TOP_N)
+    )
+    assert ranking["users"].n_unique() > 1
+    all_time = (
+        events.group_by("item_id")
+        .agg(pl.col("user_id").n_unique().alias("users"))
+        .filter(pl.col("item_id").is_in(list(run1["active"])))
+        .sort(["users", "item_id"], descending=[True, False])
+        .head(TOP_N)
+    )
+    window_matters = all_time["item_id"].to_list() != ranking["item_id"].to_list()
+
+    for user in cold:
+        mine = recs.filter(pl.col("user_id") == user).sort("rank")
+        assert mine["item_id"].to_list() == ranking["item_id"].to_list(), user
+        assert mine["rank"].to_list() == list(range(1, TOP_N + 1))
+        assert set(mine["reason"]) == {"popular"}
+        assert mine["because_item_id"].null_count() == TOP_N
+        assert np.allclose(mine["score"].to_numpy(), ranking["users"].to_numpy())
+    # users with history are scored by the model, with a reason
+    warm = recs.filter(~pl.col("user_id").is_in(cold))
+    assert set(warm["reason"]) == {"history"} and warm["because_item_id"].null_count() == 0
+    assert window_matters  # this data tells a 30-day window from all time
+
+
+def test_every_snapshot_user_is_published(run1) -> None:
+    users = set(snapshot_users(run1))
+    published = set(run1["recs"]["user_id"])
+    assert users == published
+    assert {HEAVY_USER, *EXTRA_COLD} <= published
+    assert FUTURE_USER not in users | published
+    info = read_table(run1["path"], "select * from serving_info")
+    assert info["users"].to_list() == [len(users)] and info["rows"].to_list() == [
+        run1["recs"].height
+    ]
+
+
+def test_republishing_a_run_keeps_its_serving_version(run1, tmp_path: Path) -> None:
+    settings = isolated(run1, tmp_path)
+    score.score(settings, run1["snapshot"], "runA", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    first = publish.publish(settings, "runA", AS_OF)
+    built = settings.serving / "versions" / first["serving_id"] / publish.SERVING_DB
+    stamp = built.stat().st_mtime_ns
+    second = publish.publish(settings, "runA", AS_OF)
+    assert second["serving_id"] == first["serving_id"]
+    assert (second["rows"], second["users"]) == (first["rows"], first["users"])
+    assert (settings.serving / "current").resolve().name == first["serving_id"]
+    assert built.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in (settings.serving / "versions").iterdir()] == [first["serving_id"]]
+    runs = read_table(settings.warehouse, "select run_id, serving_id from runs")
+    assert runs.rows() == [("runA", first["serving_id"])]
+    # same scores as run1's: the published rows do not depend on where they were published
+    a = read_table(current_db(settings)).drop("run_id").sort("user_id", "rank")
+    assert a.equals(run1["recs"].drop("run_id").sort("user_id", "rank"))
+
+
+def test_new_run_new_version_rollback_and_open_reader(run1, tmp_path: Path) -> None:
+    settings = isolated(run1, tmp_path)
+    cfg = ScoreConfig(top_n=TOP_N, provider="cpu")
+    score.score(settings, run1["snapshot"], "runA", cfg)
+    a = publish.publish(settings, "runA", AS_OF)
+    reader = duckdb.connect(str(current_db(settings)), read_only=True)
+    try:
+        score.score(settings, run1["snapshot"], "runB", cfg)
+        b = publish.publish(settings, "runB", AS_OF)
+        assert b["serving_id"] != a["serving_id"]
+        assert (settings.serving / "current").resolve().name == b["serving_id"]
+        # the reader opened before the swap still reads the old version, whole
+        assert reader.execute("select distinct run_id from recommendations").fetchall() == [
+            ("runA",)
+        ]
+        assert reader.execute("select count(*) from recommendations").fetchone()[0] == a["rows"]
+        assert set(read_table(current_db(settings))["run_id"]) == {"runB"}
+
+        score.score(settings, run1["snapshot"], "runC", cfg)
+        c = publish.publish(settings, "runC", AS_OF)
+        assert len({a["serving_id"], b["serving_id"], c["serving_id"]}) == 3
+
+        # rollback steps back one version at a time, to the oldest and no further
+        assert publish.rollback(settings) == b["serving_id"]
+        assert (settings.serving / "current").resolve().name == b["serving_id"]
+        assert set(read_table(current_db(settings))["run_id"]) == {"runB"}
+        assert publish.rollback(settings) == a["serving_id"]
+        assert set(read_table(current_db(settings))["run_id"]) == {"runA"}
+        with pytest.raises(ContractError, match="no serving version older"):
+            publish.rollback(settings)
+        assert (settings.serving / "current").resolve().name == a["serving_id"]
+        assert reader.execute("select count(*) from recommendations").fetchone()[0] == a["rows"]
+    finally:
+        reader.close()
+
+
+def test_cpu_provider_is_used_and_recorded(run1, tmp_path: Path, caplog) -> None:
+    assert score.choose_providers("cpu") == ["CPUExecutionProvider"]
+    assert run1["out"]["score"]["result"]["provider"] == "CPUExecutionProvider"
+    assert [r[3] for r in run1["runs"]] == ["CPUExecutionProvider"]
+    settings = isolated(run1, tmp_path)
+    with caplog.at_level(logging.INFO, logger="tasks.score"):
+        stats = score.score(settings, run1["snapshot"], "cpu", ScoreConfig(provider="cpu"))
+    assert stats["provider"] == "CPUExecutionProvider"
+    assert any("on CPUExecutionProvider" in r.getMessage() for r in caplog.records)
+
+
+def test_three_shards_publish_the_same_table_as_one(run1, tmp_path: Path) -> None:
+    settings = isolated(run1, tmp_path)
+    stats = []
+    for shard in range(3):
+        cfg = ScoreConfig(top_n=TOP_N, provider="cpu", num_shards=3, shard=shard)
+        stats.append(score.score(settings, run1["snapshot"], "sharded", cfg))
+        if shard == 1:  # not every shard done: nothing to publish yet
+            with pytest.raises(ContractError):
+                publish.publish(settings, "sharded", AS_OF)
+    assert all(s["users"] > 0 for s in stats)
+    assert sum(s["users"] for s in stats) == len(snapshot_users(run1))
+    publish.publish(settings, "sharded", AS_OF)
+
+    key = ["user_id", "rank", "item_id", "reason", "because_item_id", "model_version"]
+    sharded = read_table(current_db(settings)).sort("user_id", "rank")
+    whole = run1["recs"].sort("user_id", "rank")
+    assert sharded.height == whole.height
+    assert sharded.select(key).equals(whole.select(key))
+    assert np.allclose(sharded["score"].to_numpy(), whole["score"].to_numpy(), atol=1e-5)
