@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,17 @@ def sql(name: str) -> str:
 
 
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file with UTC session time; the warehouse schema is applied on write."""
+    """Open a DuckDB file with UTC session time; the warehouse schema is applied on write.
+
+    DuckDB's memory is capped (``NIGHTREC_DUCKDB_MEMORY``, default 4GB); big sorts and
+    joins spill to ``<file>.tmp/`` instead of taking most of the machine's RAM.
+    """
     if read_only and not path.exists():
         raise FileNotFoundError(f"DuckDB file {path} does not exist (run `nightrec ingest` first)")
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path), read_only=read_only)
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set memory_limit = $m", {"m": os.environ.get("NIGHTREC_DUCKDB_MEMORY", "4GB")})
     if not read_only:
         con.execute(sql("schema"))
     return con

@@ -100,6 +100,7 @@ def publish(settings: Settings, run_id: str, as_of: dt.date) -> dict:
                 {"path": str(tmp / "recommendations.parquet")},
             )
             rows, users = db.one(con, "select rows, users from serving_info")
+        shutil.rmtree(tmp / f"{SERVING_DB}.tmp", ignore_errors=True)  # DuckDB spill folder
         tmp.rename(final)
     else:
         with db.connect(final / SERVING_DB, read_only=True) as con:
