@@ -43,8 +43,7 @@ def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) 
     from tasks.model import Encoder, TopNScorer, histories, padded_sets
     from tasks.train import load_sequences
 
-    version = registry.current(settings.models_dir)
-    manifest = registry.verify(version)
+    version, manifest = registry.load_current(settings.models_dir)
     items = pl.read_parquet(version / "items.parquet")
     state = torch.load(version / "encoder.pt")
     cfg = TrainConfig(**manifest["config"])

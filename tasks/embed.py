@@ -143,8 +143,7 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
         "encoded": missing.height,
         "reused": unique.height - missing.height,
     }
-    (snapshot_dir / "text_encoder.txt").write_text(encoder + "\n")
-    stats = {**counts, "seconds": round(time.perf_counter() - started, 3)}
+    stats = {**counts, "seconds": round(time.perf_counter() - started, 3), "encoder": encoder}
     (snapshot_dir / "embed.json").write_text(json.dumps(stats))
     log.info(
         "embed: %d items, %d texts encoded, %d reused from cache, %.1fs",

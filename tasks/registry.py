@@ -196,11 +196,15 @@ def promote(models_dir: Path, version: str) -> None:
     os.replace(tmp, link)
 
 
-def current(models_dir: Path) -> Path:
-    """The promoted version folder, verified by checksum."""
+def load_current(models_dir: Path) -> tuple[Path, dict]:
+    """The promoted version folder and its manifest, verified by checksum."""
     link = models_dir / CURRENT
     if not link.exists():
         raise ContractError(f"no promoted model in {models_dir}: run `nightrec train` first")
     target = link.resolve()
-    verify(target)
-    return target
+    return target, verify(target)
+
+
+def current(models_dir: Path) -> Path:
+    """The promoted version folder, verified by checksum."""
+    return load_current(models_dir)[0]

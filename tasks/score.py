@@ -71,8 +71,7 @@ def score(
     import onnxruntime as ort
 
     started = time.perf_counter()
-    version_dir = registry.current(settings.models_dir)
-    manifest = registry.verify(version_dir)
+    version_dir, manifest = registry.load_current(settings.models_dir)
     model_items = pl.read_parquet(version_dir / "items.parquet")  # item_id, idx
     n_index = model_items.height + 1
     catalog = pl.read_parquet(snapshot_dir / "items.parquet", columns=["item_id", "active"])

@@ -140,7 +140,7 @@ def train(
 ) -> str:
     """Train, export to ONNX, check parity, promote. Returns the model version."""
     started = time.perf_counter()
-    encoder = (snapshot_dir / "text_encoder.txt").read_text().strip()
+    encoder = json.loads((snapshot_dir / "embed.json").read_text())["encoder"]
     version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder)}"
     existing = settings.models_dir / version
     if existing.is_dir() and (existing / registry.MANIFEST).is_file():
