@@ -37,8 +37,8 @@ demo: $(STAMP)
 	airflow pools set nightrec_warehouse 1 "tasks that write the nightrec warehouse" > /dev/null
 	airflow dags test nightly_recommendations > $(AIRFLOW_HOME)/dags-test.log 2>&1 \
 		|| (tail -50 $(AIRFLOW_HOME)/dags-test.log; exit 1)
-	@grep -E "\[tasks\.(ingest|snapshot|embed|train|registry|score|publish)\]" $(AIRFLOW_HOME)/dags-test.log \
-		| grep -v "already ingested" | sed -E 's/^.*\[info *\] //; s/ \[tasks\..*$$//' | cut -c1-160 || true
+	@grep -E "\[nightrec\.(ingest|snapshot|embed|train|registry|score|publish)\]" $(AIRFLOW_HOME)/dags-test.log \
+		| grep -v "already ingested" | sed -E 's/^.*\[info *\] //; s/ \[nightrec\..*$$//' | cut -c1-160 || true
 	@echo
 	@echo "DAG run log:     $(AIRFLOW_HOME)/dags-test.log"
 	@echo "warehouse:       $(NIGHTREC_HOME)/warehouse.duckdb"

@@ -38,10 +38,10 @@ def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) 
     import polars as pl
     import torch
 
-    from tasks import registry
-    from tasks.config import TrainConfig
-    from tasks.model import Encoder, TopNScorer, histories, padded_sets
-    from tasks.train import load_sequences
+    from nightrec import registry
+    from nightrec.config import TrainConfig
+    from nightrec.model import Encoder, TopNScorer, histories, padded_sets
+    from nightrec.train import load_sequences
 
     version, manifest = registry.load_current(settings.models_dir)
     items = pl.read_parquet(version / "items.parquet")
@@ -80,9 +80,9 @@ def run_one(users: int, items: int, workdir: Path) -> dict:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from tasks import embed, ingest, publish, score, snapshot, train
-    from tasks.config import ScoreConfig, Settings
-    from tasks.synth import SynthConfig, generate
+    from nightrec import embed, ingest, publish, score, snapshot, train
+    from nightrec.config import ScoreConfig, Settings
+    from nightrec.synth import SynthConfig, generate
 
     settings = Settings.from_env(home=workdir / "home", models_dir=workdir / "models")
     as_of = SynthConfig().end

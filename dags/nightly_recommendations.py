@@ -10,7 +10,7 @@ serving DuckDB + Parquet atomically.
 day before the run's logical date), `provider` (`auto` uses CUDA when present).
 
 Tasks that write the warehouse run in the one-slot pool `nightrec_warehouse`.
-All logic lives in the `tasks` package; these wrappers only call it.
+All logic lives in the `nightrec` package (folder `tasks/`); these wrappers only call it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ WAREHOUSE_POOL = "nightrec_warehouse"
 
 def _as_of(context) -> dt.date:
     """The ``as_of`` Param, else the day before the logical date (data through yesterday)."""
-    from tasks.config import parse_date
+    from nightrec.config import parse_date
 
     if context["params"].get("as_of"):
         return parse_date(context["params"]["as_of"])
@@ -37,7 +37,7 @@ def _call(fn, *args, **kwargs):
     """Run a step; a broken data contract fails the task at once instead of retrying."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tasks.config import ContractError
+    from nightrec.config import ContractError
 
     try:
         return fn(*args, **kwargs)
@@ -94,15 +94,15 @@ def _call(fn, *args, **kwargs):
 def nightly_recommendations():
     @task(pool=WAREHOUSE_POOL)
     def ingest() -> dict:
-        from tasks.config import Settings
-        from tasks.ingest import ingest
+        from nightrec.config import Settings
+        from nightrec.ingest import ingest
 
         return _call(ingest, Settings.from_env()).totals
 
     @task
     def snapshot(**context) -> str:
-        from tasks.config import Settings
-        from tasks.snapshot import snapshot
+        from nightrec.config import Settings
+        from nightrec.snapshot import snapshot
 
         return str(_call(snapshot, Settings.from_env(), _as_of(context)))
 
@@ -110,8 +110,8 @@ def nightly_recommendations():
     def embed(snapshot_dir: str) -> dict:
         from pathlib import Path
 
-        from tasks.config import Settings
-        from tasks.embed import embed
+        from nightrec.config import Settings
+        from nightrec.embed import embed
 
         return _call(embed, Settings.from_env(), Path(snapshot_dir))
 
@@ -119,9 +119,9 @@ def nightly_recommendations():
     def train(snapshot_dir: str, **context) -> str:
         from pathlib import Path
 
-        from tasks import registry
-        from tasks.config import Settings
-        from tasks.train import train
+        from nightrec import registry
+        from nightrec.config import Settings
+        from nightrec.train import train
 
         settings = Settings.from_env()
         if not context["params"]["retrain"]:
@@ -132,16 +132,16 @@ def nightly_recommendations():
     def score(snapshot_dir: str, model_version: str, **context) -> dict:
         from pathlib import Path
 
-        from tasks.config import ScoreConfig, Settings
-        from tasks.score import score
+        from nightrec.config import ScoreConfig, Settings
+        from nightrec.score import score
 
         cfg = ScoreConfig(top_n=context["params"]["top_n"], provider=context["params"]["provider"])
         return _call(score, Settings.from_env(), Path(snapshot_dir), context["run_id"], cfg)
 
     @task(pool=WAREHOUSE_POOL)
     def publish(scored: dict, **context) -> dict:
-        from tasks.config import Settings
-        from tasks.publish import publish
+        from nightrec.config import Settings
+        from nightrec.publish import publish
 
         return _call(publish, Settings.from_env(), context["run_id"], _as_of(context))
 

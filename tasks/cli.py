@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tasks.config import ContractError, ScoreConfig, Settings, TrainConfig, parse_date
+from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig, parse_date
 
 STEPS = """steps (in nightly order):
   synth     generate a synthetic landing folder (items, users, events)
@@ -91,31 +91,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
-    from tasks import pipeline
+    from nightrec import pipeline
 
     settings = _settings(args)
     as_of = parse_date(getattr(args, "as_of", None))
     run_id = getattr(args, "run_id", None) or pipeline.default_run_id(as_of)
     if args.step == "synth":
-        from tasks.synth import SynthConfig, generate
+        from nightrec.synth import SynthConfig, generate
 
         cfg = SynthConfig(users=args.users, items=args.items, seed=args.seed, fmt=args.format)
         return generate(cfg, args.out or settings.landing)
     if args.step == "ingest":
-        from tasks.ingest import ingest
+        from nightrec.ingest import ingest
 
         return ingest(settings, args.landing).totals
     if args.step == "snapshot":
-        from tasks.snapshot import snapshot
+        from nightrec.snapshot import snapshot
 
         return str(snapshot(settings, as_of))
     snap = settings.snapshot_dir(as_of)
     if args.step == "embed":
-        from tasks.embed import embed
+        from nightrec.embed import embed
 
         return embed(settings, snap)
     if args.step == "train":
-        from tasks.train import train
+        from nightrec.train import train
 
         return train(settings, snap, as_of, TrainConfig(epochs=args.epochs))
     score_cfg = ScoreConfig()
@@ -124,11 +124,11 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             top_n=args.top_n, provider=args.provider, batch_size=args.batch_size
         )
     if args.step == "score":
-        from tasks.score import score
+        from nightrec.score import score
 
         return score(settings, snap, run_id, score_cfg)
     if args.step == "publish":
-        from tasks.publish import publish
+        from nightrec.publish import publish
 
         return publish(settings, run_id, as_of)
     if args.step == "run":
@@ -146,13 +146,13 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "recs":
         import polars as pl
 
-        from tasks.recs import recommendations_for, sample_users
+        from nightrec.recs import recommendations_for, sample_users
 
         users = args.user or sample_users(settings, args.sample or 1)
         with pl.Config(tbl_rows=100, fmt_str_lengths=60, tbl_width_chars=160):
             return str(recommendations_for(settings, users, args.limit))
     if args.step == "rollback":
-        from tasks.publish import rollback
+        from nightrec.publish import rollback
 
         return rollback(settings)
     raise AssertionError(args.step)

@@ -21,8 +21,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SQL_DIR = Path(os.environ.get("NIGHTREC_SQL_DIR", REPO_ROOT / "sql"))
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _sql_dir() -> Path:
+    """``nightrec/sql`` in an installed wheel; the repository's ``sql/`` in a source tree."""
+    if os.environ.get("NIGHTREC_SQL_DIR"):
+        return Path(os.environ["NIGHTREC_SQL_DIR"])
+    for candidate in (PACKAGE_DIR / "sql", PACKAGE_DIR.parent / "sql"):
+        if (candidate / "schema.sql").is_file():
+            return candidate
+    raise FileNotFoundError(f"nightrec SQL files not found beside {PACKAGE_DIR}")
+
+
+SQL_DIR = _sql_dir()
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:+-]{1,200}$")
@@ -53,18 +65,30 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: str | Path | None) -> Settings:
-        home = overrides.get("home") or os.environ.get("NIGHTREC_HOME") or REPO_ROOT / "var"
+        """Paths from overrides, else ``NIGHTREC_*`` variables, else ``./var`` and ``./models``.
+
+        Relative defaults resolve against the working directory, never the installed
+        package: state must not end up inside site-packages.
+        """
+        home = overrides.get("home") or os.environ.get("NIGHTREC_HOME") or Path.cwd() / "var"
         models = (
             overrides.get("models_dir")
             or os.environ.get("NIGHTREC_MODELS_DIR")
-            or REPO_ROOT / "models"
+            or Path.cwd() / "models"
         )
         text = overrides.get("text_model") or os.environ.get("NIGHTREC_TEXT_MODEL")
-        return cls(
+        settings = cls(
             home=Path(home).resolve(),
             models_dir=Path(models).resolve(),
             text_model=Path(text).resolve() if text else None,
         )
+        for what, path in (("NIGHTREC_HOME", settings.home), ("models", settings.models_dir)):
+            if "site-packages" in path.parts or path.is_relative_to(PACKAGE_DIR):
+                raise ContractError(
+                    f"{what} {path} is inside the installed package: set NIGHTREC_HOME and "
+                    "NIGHTREC_MODELS_DIR to folders of their own"
+                )
+        return settings
 
     @property
     def landing(self) -> Path:

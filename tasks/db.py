@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from tasks.config import SQL_DIR
+from nightrec.config import SQL_DIR
 
 
 @functools.cache

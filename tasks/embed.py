@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks import db
-from tasks.config import EmbedConfig, Settings
+from nightrec import db
+from nightrec.config import EmbedConfig, Settings
 
 log = logging.getLogger(__name__)
 

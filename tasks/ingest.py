@@ -21,9 +21,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from tasks import db
-from tasks.config import EVENT_TYPES, ContractError, Settings
-from tasks.registry import sha256
+from nightrec import db
+from nightrec.config import EVENT_TYPES, ContractError, Settings
+from nightrec.registry import sha256
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.config import TrainConfig
+from nightrec.config import TrainConfig
 
 NEG = float("-inf")
 

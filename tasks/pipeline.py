@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import time
 
-from tasks.config import ScoreConfig, Settings, TrainConfig, safe_id
+from nightrec.config import ScoreConfig, Settings, TrainConfig, safe_id
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def run_all(
     score_cfg: ScoreConfig = ScoreConfig(),
 ) -> dict[str, dict]:
     """ingest -> snapshot -> embed -> train -> score -> publish; each step's result and seconds."""
-    from tasks import embed, ingest, publish, registry, score, snapshot, train
+    from nightrec import embed, ingest, publish, registry, score, snapshot, train
 
     run_id = safe_id(run_id or default_run_id(as_of), "run_id")
     out: dict[str, dict] = {}

@@ -19,8 +19,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tasks import db
-from tasks.config import ContractError, Settings, safe_id
+from nightrec import db
+from nightrec.config import ContractError, Settings, safe_id
 
 log = logging.getLogger(__name__)
 

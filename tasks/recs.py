@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks import db
-from tasks.config import ContractError, Settings
-from tasks.publish import SERVING_DB
+from nightrec import db
+from nightrec.config import ContractError, Settings
+from nightrec.publish import SERVING_DB
 
 
 def serving_path(settings: Settings):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from tasks.config import ContractError, safe_id
+from nightrec.config import ContractError, safe_id
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def export(
     """Export ``model`` (an Encoder) as a version folder and check ONNX/PyTorch parity."""
     import torch
 
-    from tasks.model import TopNScorer
+    from nightrec.model import TopNScorer
 
     safe_id(version, "model version")
     final = models_dir / version

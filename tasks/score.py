@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks import db, registry
-from tasks.config import ContractError, ScoreConfig, Settings
-from tasks.model import histories, padded_sets
-from tasks.train import load_sequences
+from nightrec import db, registry
+from nightrec.config import ContractError, ScoreConfig, Settings
+from nightrec.model import histories, padded_sets
+from nightrec.train import load_sequences
 
 log = logging.getLogger(__name__)
 

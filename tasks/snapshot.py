@@ -13,8 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tasks import db
-from tasks.config import ContractError, Settings
+from nightrec import db
+from nightrec.config import ContractError, Settings
 
 log = logging.getLogger(__name__)
 

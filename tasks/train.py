@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tasks import registry
-from tasks.config import ContractError, Settings, TrainConfig
-from tasks.embed import load_embeddings
+from nightrec import registry
+from nightrec.config import ContractError, Settings, TrainConfig
+from nightrec.embed import load_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def load_sequences(snapshot_dir: Path, item_index: pl.DataFrame) -> Sequences:
 
 def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """(histories [n, L], targets [n]) from the end of every history."""
-    from tasks.model import histories
+    from nightrec.model import histories
 
     lengths = seqs.ends - seqs.starts
     first = np.maximum(seqs.starts + 1, seqs.ends - cfg.targets_per_user)  # first target pos
@@ -94,7 +94,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     """Train an Encoder; returns it with the loss of each epoch."""
     import torch
 
-    from tasks.model import Encoder
+    from nightrec.model import Encoder
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

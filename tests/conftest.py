@@ -28,7 +28,7 @@ os.environ.update(
 )
 sys.path.insert(0, str(REPO))
 
-from tasks.config import Settings  # noqa: E402
+from nightrec.config import Settings  # noqa: E402
 
 AS_OF = dt.date(2026, 11, 1)
 

@@ -68,7 +68,7 @@ def test_importing_dag_file_loads_no_heavy_modules():
 
 
 def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
-    from tasks.synth import SynthConfig, generate
+    from nightrec.synth import SynthConfig, generate
 
     monkeypatch.setenv("NIGHTREC_HOME", str(settings.home))
     monkeypatch.setenv("NIGHTREC_MODELS_DIR", str(settings.models_dir))
@@ -111,7 +111,7 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
 
 def test_manual_run_params(dagbag, settings, monkeypatch):
     """A manual run without retraining scores with the promoted model at its own top_n."""
-    from tasks.synth import SynthConfig, generate
+    from nightrec.synth import SynthConfig, generate
 
     monkeypatch.setenv("NIGHTREC_HOME", str(settings.home))
     monkeypatch.setenv("NIGHTREC_MODELS_DIR", str(settings.models_dir))

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from conftest import AS_OF, write_csv
 
-from tasks import embed, snapshot
-from tasks.config import Settings
-from tasks.ingest import ingest
+from nightrec import embed, snapshot
+from nightrec.config import Settings
+from nightrec.ingest import ingest
 
 EVENTS_HEADER = "user_id,item_id,event_type,ts,value"
 ITEMS_HEADER = "item_id,title,category,active"

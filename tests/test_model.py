@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import AS_OF, write_csv
 
-from tasks import embed, ingest, publish, registry, score, snapshot, train
-from tasks.config import ContractError, ScoreConfig, Settings, TrainConfig
-from tasks.model import Encoder, TopNScorer
+from nightrec import embed, ingest, publish, registry, score, snapshot, train
+from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig
+from nightrec.model import Encoder, TopNScorer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -339,7 +339,7 @@ def test_sampled_softmax_training_is_deterministic(planted, two_torch_threads, c
     cfg = dataclasses.replace(PLANTED_CFG, epochs=2, negatives=4)  # 12 items > 2 x 4: sampled
     hist, target = train.training_examples(train.load_sequences(snap, catalog), cfg)
     text = embed.load_embeddings(snap)
-    with caplog.at_level("INFO", logger="tasks.train"):
+    with caplog.at_level("INFO", logger="nightrec.train"):
         m1, loss1 = train.fit(text, hist, target, cfg)
     assert any("sampled softmax" in r.getMessage() for r in caplog.records)
     m2, loss2 = train.fit(text, hist, target, cfg)

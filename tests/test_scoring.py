@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 from conftest import AS_OF, write_csv
 
-from tasks import publish, score
-from tasks.config import ContractError, ScoreConfig, Settings, TrainConfig
-from tasks.pipeline import run_all
-from tasks.snapshot import cutoff_of
-from tasks.synth import SynthConfig, generate
+from nightrec import publish, score
+from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig
+from nightrec.pipeline import run_all
+from nightrec.snapshot import cutoff_of
+from nightrec.synth import SynthConfig, generate
 
 TOP_N = 10
 EXTRA_COLD = [f"cold_extra_{n}" for n in range(4)]
@@ -315,7 +315,7 @@ def test_cpu_provider_is_used_and_recorded(run1, tmp_path: Path, caplog) -> None
     assert run1["out"]["score"]["result"]["provider"] == "CPUExecutionProvider"
     assert [r[3] for r in run1["runs"]] == ["CPUExecutionProvider"]
     settings = isolated(run1, tmp_path)
-    with caplog.at_level(logging.INFO, logger="tasks.score"):
+    with caplog.at_level(logging.INFO, logger="nightrec.score"):
         stats = score.score(settings, run1["snapshot"], "cpu", ScoreConfig(provider="cpu"))
     assert stats["provider"] == "CPUExecutionProvider"
     assert any("on CPUExecutionProvider" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from tasks.synth import SynthConfig, generate, make_items
+from nightrec.synth import SynthConfig, generate, make_items
 
 
 def _digest(folder) -> dict[str, str]:
