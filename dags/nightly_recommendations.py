@@ -1,36 +1,99 @@
 """
 ### Nightly recommendations
 
-Ingest landing files into the DuckDB warehouse, cut a snapshot, embed item text with
-the pretrained encoder (cached), retrain the encoder and export it to ONNX (promoted
-only after the parity check), score every user with ONNX Runtime, and publish a new
-serving DuckDB + Parquet atomically.
+Ingest new landing files into the DuckDB warehouse, cut a snapshot, embed item text with
+the pretrained encoder (cached), train a new encoder version and export it to ONNX
+(parity-checked), promote it, score every user with ONNX Runtime in `score_shards`
+mapped tasks, publish a new serving version, and prune old state.
 
-**Params** (manual runs): `top_n`, `retrain`, `as_of` (last day of data; default the
-day before the run's logical date), `provider` (`auto` uses CUDA when present).
+**Where the tables are** (`NIGHTREC_HOME`, default `./var`): readers open
+`serving/serving.duckdb` (views `recommendations`, `items`, `serving_info`,
+`recommendations_all`, tables `runs`, `run_metrics`, `serving_versions`) or resolve
+`serving/current.json` once and read the versioned Parquet file it names. Never the
+warehouse: it belongs to the pipeline.
 
-Tasks that write the warehouse run in the one-slot pool `nightrec_warehouse`.
-All logic lives in the `nightrec` package (folder `tasks/`); these wrappers only call it.
+**Backfills and old dates.** `current` (serving and model) moves only forward in data
+time: a run for a date older than the live one publishes its version (queryable by
+`run_id` in `recommendations_all`) without serving it, unless `promote` is on. A future
+`as_of` is refused.
+
+**Rollback.** Trigger `rollback_recommendations` (Param: the version), or run
+`nightrec rollback [--version ID]`.
+
+**Params**: `as_of`, `top_n`, `retrain`, `provider`, `promote`, `score_shards`. Conf keys
+that are not Params are refused. Tasks that open the warehouse share the one-slot pool
+`nightrec_warehouse`. All logic lives in the `nightrec` package (folder `tasks/`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 WAREHOUSE_POOL = "nightrec_warehouse"
+EVENTS = Asset("nightrec_events")  # new rows in the warehouse (ingest_events)
+RECOMMENDATIONS = Asset("nightrec_recommendations")  # a published serving version
+CRON = os.environ.get("NIGHTREC_CRON", "0 2 * * *")
+# NIGHTREC_SCHEDULE: "cron" (default), "asset" (after every ingest with new rows), "both"
+_MODE = os.environ.get("NIGHTREC_SCHEDULE", "cron")
+SCHEDULE: object = {
+    "cron": CRON,
+    "asset": [EVENTS],
+    "both": AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=[EVENTS]
+    ),
+}.get(_MODE, CRON)
+# train, embed and score run on the GPU workers' queue when the deployment has one
+GPU = {"queue": os.environ["NIGHTREC_GPU_QUEUE"]} if os.environ.get("NIGHTREC_GPU_QUEUE") else {}
 
-
-def _as_of(context) -> dt.date:
-    """The ``as_of`` Param, else the day before the logical date (data through yesterday)."""
-    from nightrec.config import parse_date
-
-    if context["params"].get("as_of"):
-        return parse_date(context["params"]["as_of"])
-    when = context.get("logical_date") or context["dag_run"].run_after
-    return (when - dt.timedelta(days=1)).date()
+PARAMS = {
+    "as_of": Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        title="As of",
+        description="Last day of data (YYYY-MM-DD); empty: the day before the run. "
+        "Not after today.",
+    ),
+    "top_n": Param(
+        100,
+        type="integer",
+        minimum=1,
+        maximum=1000,
+        title="Top N",
+        description="Recommendations per user.",
+    ),
+    "retrain": Param(
+        True,
+        type="boolean",
+        title="Retrain",
+        description="Train a new model version; off scores with the current one.",
+    ),
+    "provider": Param(
+        "auto",
+        type="string",
+        enum=["auto", "cpu", "cuda"],
+        title="ONNX Runtime provider",
+        description="auto: CUDA when available, else CPU.",
+    ),
+    "promote": Param(
+        False,
+        type="boolean",
+        title="Promote",
+        description="Serve this run and its model even if its date is older than the live one.",
+    ),
+    "score_shards": Param(
+        1,
+        type="integer",
+        minimum=1,
+        maximum=256,
+        title="Scoring shards",
+        description="Users are scored in this many parallel mapped tasks.",
+    ),
+}
 
 
 def _call(fn, *args, **kwargs):
@@ -45,53 +108,68 @@ def _call(fn, *args, **kwargs):
         raise AirflowFailException(str(exc)) from exc
 
 
+def on_failure(context) -> None:
+    """One clear summary line in the log, and the deployment's notifier (if configured)."""
+    import logging
+
+    from nightrec.ops import failure_summary, notify
+
+    ti = context.get("task_instance") or context.get("ti")
+    summary = failure_summary(
+        context["dag"].dag_id if context.get("dag") else "?",
+        getattr(ti, "task_id", None),
+        context.get("run_id", "?"),
+        getattr(ti, "try_number", None),
+        context.get("exception"),
+    )
+    logging.getLogger("nightrec.ops").error(summary["text"])
+    notify(summary)
+
+
+DEFAULT_ARGS = {
+    "owner": "nightrec",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=30),
+    "execution_timeout": dt.timedelta(hours=3),
+    "on_failure_callback": on_failure,
+}
+
+
 @dag(
     dag_id="nightly_recommendations",
-    schedule="0 2 * * *",
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["nightrec", "recommendations"],
     doc_md=__doc__,
-    default_args={
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=2),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(minutes=30),
-        "execution_timeout": dt.timedelta(hours=3),
-    },
-    params={
-        "top_n": Param(
-            100,
-            type="integer",
-            minimum=1,
-            maximum=1000,
-            title="Top N",
-            description="Recommendations per user.",
-        ),
-        "retrain": Param(
-            True,
-            type="boolean",
-            title="Retrain",
-            description="Train a new model version; off scores with the current one.",
-        ),
-        "as_of": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="As of",
-            description="Last day of data (YYYY-MM-DD); empty: the day before the run.",
-        ),
-        "provider": Param(
-            "auto",
-            type="string",
-            enum=["auto", "cpu", "cuda"],
-            title="ONNX Runtime provider",
-            description="auto: CUDA when available, else CPU.",
-        ),
-    },
+    default_args=DEFAULT_ARGS,
+    params=PARAMS,
 )
 def nightly_recommendations():
+    @task(retries=0)
+    def plan(**context) -> dict:
+        """Check the conf and fix the run's date: later tasks read this, not the Params."""
+        from nightrec.config import check_as_of, parse_date
+        from nightrec.ops import check_conf
+
+        _call(check_conf, context["dag_run"].conf, PARAMS)
+        params = context["params"]
+        if params.get("as_of"):
+            as_of = _call(parse_date, params["as_of"])
+        else:
+            when = context.get("logical_date") or context["dag_run"].run_after
+            as_of = (when - dt.timedelta(days=1)).date()
+        _call(check_as_of, as_of)
+        return {"as_of": as_of.isoformat(), "promote": params["promote"]}
+
+    @task(retries=0)
+    def shards(**context) -> list[int]:
+        """One mapped scoring task per shard (users split by a stable hash of their id)."""
+        return list(range(context["params"]["score_shards"]))
+
     @task(pool=WAREHOUSE_POOL)
     def ingest() -> dict:
         from nightrec.config import Settings
@@ -99,14 +177,14 @@ def nightly_recommendations():
 
         return _call(ingest, Settings.from_env()).totals
 
-    @task
-    def snapshot(**context) -> str:
-        from nightrec.config import Settings
+    @task(pool=WAREHOUSE_POOL)
+    def snapshot(plan: dict) -> str:
+        from nightrec.config import Settings, parse_date
         from nightrec.snapshot import snapshot
 
-        return str(_call(snapshot, Settings.from_env(), _as_of(context)))
+        return str(_call(snapshot, Settings.from_env(), parse_date(plan["as_of"])))
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=WAREHOUSE_POOL, **GPU)
     def embed(snapshot_dir: str) -> dict:
         from pathlib import Path
 
@@ -115,42 +193,70 @@ def nightly_recommendations():
 
         return _call(embed, Settings.from_env(), Path(snapshot_dir))
 
-    @task
-    def train(snapshot_dir: str, **context) -> str:
+    @task(**GPU)
+    def train(snapshot_dir: str, plan: dict, **context) -> str:
         from pathlib import Path
 
         from nightrec import registry
-        from nightrec.config import Settings
+        from nightrec.config import Settings, parse_date
         from nightrec.train import train
 
         settings = Settings.from_env()
         if not context["params"]["retrain"]:
             return _call(registry.current, settings.models_dir).name
-        return _call(train, settings, Path(snapshot_dir), _as_of(context))
+        return _call(train, settings, Path(snapshot_dir), parse_date(plan["as_of"]))
 
     @task
-    def score(snapshot_dir: str, model_version: str, **context) -> dict:
+    def promote_model(version: str, plan: dict) -> str:
+        from nightrec.config import Settings
+        from nightrec.registry import promote
+
+        _call(promote, Settings.from_env().models_dir, version, plan["promote"])
+        return version
+
+    @task(**GPU)
+    def score(shard: int, snapshot_dir: str, model_version: str, **context) -> dict:
         from pathlib import Path
 
         from nightrec.config import ScoreConfig, Settings
         from nightrec.score import score
 
-        cfg = ScoreConfig(top_n=context["params"]["top_n"], provider=context["params"]["provider"])
-        return _call(score, Settings.from_env(), Path(snapshot_dir), context["run_id"], cfg)
+        params = context["params"]
+        cfg = _call(
+            ScoreConfig,
+            top_n=params["top_n"],
+            provider=params["provider"],
+            num_shards=params["score_shards"],
+            shard=shard,
+        )
+        settings = Settings.from_env()
+        return _call(score, settings, Path(snapshot_dir), context["run_id"], cfg, model_version)
 
-    @task(pool=WAREHOUSE_POOL)
-    def publish(scored: dict, **context) -> dict:
-        from nightrec.config import Settings
+    @task(pool=WAREHOUSE_POOL, outlets=[RECOMMENDATIONS])
+    def publish(scored: list, plan: dict, **context) -> dict:
+        from nightrec.config import Settings, parse_date
         from nightrec.publish import publish
 
-        return _call(publish, Settings.from_env(), context["run_id"], _as_of(context))
+        settings = Settings.from_env()
+        as_of = parse_date(plan["as_of"])
+        return _call(publish, settings, context["run_id"], as_of, plan["promote"])
 
-    snap = snapshot()
-    ingest() >> snap
+    @task(retries=0)
+    def housekeeping() -> dict:
+        from nightrec.config import Settings
+        from nightrec.retention import prune
+
+        return _call(prune, Settings.from_env())
+
+    run = plan()
+    snap = snapshot(run)
+    run >> ingest() >> snap
     embedded = embed(snap)
-    version = train(snap)
-    embedded >> version
-    publish(score(snap, version))
+    trained = train(snap, run)
+    embedded >> trained
+    version = promote_model(trained, run)
+    scored = score.partial(snapshot_dir=snap, model_version=version).expand(shard=shards())
+    publish(scored, run) >> housekeeping()
 
 
 nightly_recommendations()

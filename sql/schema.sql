@@ -77,3 +77,6 @@ create table if not exists run_metrics (
     value  double,
     primary key (run_id, step, metric)
 );
+
+-- added after the first release: whether the run's serving version went live
+alter table runs add column if not exists served boolean;

@@ -91,6 +91,9 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
 
     Returns counts: items, texts encoded now, texts reused from the cache.
     """
+    from nightrec.ops import quiet_third_party
+
+    quiet_third_party()
     started = time.perf_counter()
     model_dir = settings.text_model_path()
     encoder = encoder_fingerprint(model_dir)

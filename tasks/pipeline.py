@@ -6,9 +6,11 @@ import datetime as dt
 import logging
 import time
 
-from nightrec.config import ScoreConfig, Settings, TrainConfig, safe_id
+from nightrec.config import ScoreConfig, Settings, TrainConfig, check_as_of, safe_id
 
 log = logging.getLogger(__name__)
+
+RUN_LOCK = ".run.lock"
 
 
 def default_run_id(as_of: dt.date) -> str:
@@ -22,10 +24,19 @@ def run_all(
     retrain: bool = True,
     train_cfg: TrainConfig = TrainConfig(),
     score_cfg: ScoreConfig = ScoreConfig(),
+    promote: bool = False,
+    lock_wait_s: float = 0.0,
 ) -> dict[str, dict]:
-    """ingest -> snapshot -> embed -> train -> score -> publish; each step's result and seconds."""
-    from nightrec import embed, ingest, publish, registry, score, snapshot, train
+    """ingest -> snapshot -> embed -> train -> promote -> score -> publish; results and seconds.
 
+    One run at a time per home: a second ``run`` waits ``lock_wait_s`` for the first, then
+    refuses with a message naming it. ``promote`` forces this run's model and serving
+    version live even when its date is older than the live one.
+    """
+    from nightrec import embed, ingest, publish, registry, score, snapshot, train
+    from nightrec.locks import file_lock
+
+    check_as_of(as_of)
     run_id = safe_id(run_id or default_run_id(as_of), "run_id")
     out: dict[str, dict] = {}
 
@@ -35,13 +46,15 @@ def run_all(
         out[name] = {"result": value, "seconds": time.perf_counter() - t}
         return value
 
-    step("ingest", lambda: ingest.ingest(settings).totals)
-    snap = step("snapshot", snapshot.snapshot, settings, as_of)
-    step("embed", embed.embed, settings, snap)
-    if retrain:
-        step("train", train.train, settings, snap, as_of, train_cfg)
-    else:
-        step("train", lambda: registry.current(settings.models_dir).name)
-    step("score", score.score, settings, snap, run_id, score_cfg)
-    step("publish", publish.publish, settings, run_id, as_of)
+    with file_lock(settings.home / RUN_LOCK, wait_s=lock_wait_s, what=f"a run in {settings.home}"):
+        step("ingest", lambda: ingest.ingest(settings).totals)
+        snap = step("snapshot", snapshot.snapshot, settings, as_of)
+        step("embed", embed.embed, settings, snap)
+        if retrain:
+            version = step("train", train.train, settings, snap, as_of, train_cfg)
+            step("promote", registry.promote, settings.models_dir, version, promote)
+        else:
+            version = step("train", lambda: registry.current(settings.models_dir).name)
+        step("score", score.score, settings, snap, run_id, score_cfg, version)
+        step("publish", publish.publish, settings, run_id, as_of, promote)
     return out

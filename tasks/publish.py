@@ -1,11 +1,25 @@
-"""Publish a run's scores atomically as a new serving version, and record the run.
+"""Publish a run's scores as a new serving version; move ``current`` only forward.
 
-``serving/versions/<id>/`` holds ``serving.duckdb`` (tables ``recommendations`` and
-``serving_info``) and ``recommendations.parquet``. It is built under a temporary name,
-checked (``sql/check_recommendations.sql``), renamed into place, and then
-``serving/current`` (a symlink) is swapped to it in one ``rename``: a reader opening
-``serving/current/serving.duckdb`` sees the old version or the new one, never a
-half-written one. The previous versions stay for ``nightrec rollback``.
+Layout under ``serving/``::
+
+    versions/<id>/serving.duckdb            recommendations + serving_info (one run)
+    versions/<id>/recommendations.parquet   the same rows
+    versions/<id>/items.parquet             item_id, title, category, active (for readers)
+    versions/<id>/serving_info.json         run, date, model version, counts
+    serving.duckdb                          reader catalog: views over the live version
+    current.json                            pointer: the live version and its files
+    current -> versions/<id>                symlink, for readers of one DuckDB file
+    live.jsonl                              every change of the live version (for rollback)
+
+A version is built under a temporary name, checked (``sql/check_recommendations.sql``)
+and renamed into place; files in a version folder never change afterwards. Going live
+swaps ``current.json``, ``current`` and ``serving.duckdb``, each with one ``rename``.
+
+**The serving rule.** A run goes live only if its ``as_of`` is not older than the live
+version's (or when ``promote`` forces it); a backfill or a cleared old run still
+publishes its version, queryable in ``recommendations_all`` by ``run_id``, without
+touching what apps read. ``as_of`` after today is refused. ``rollback`` is the
+operator's explicit override.
 """
 
 from __future__ import annotations
@@ -19,13 +33,24 @@ import shutil
 import time
 from pathlib import Path
 
+import polars as pl
+
 from nightrec import db
-from nightrec.config import ContractError, Settings, safe_id
+from nightrec.config import ContractError, Settings, check_as_of, safe_id
+from nightrec.locks import file_lock
 
 log = logging.getLogger(__name__)
 
 SERVING_DB = "serving.duckdb"
-KEEP_VERSIONS = 3  # current plus two to roll back to
+RECS_PARQUET = "recommendations.parquet"
+ITEMS_PARQUET = "items.parquet"
+POINTER = "current.json"
+HISTORY = "live.jsonl"
+KEEP_VERSIONS = 5  # NIGHTREC_KEEP_SERVING: versions kept for rollback and for slow readers
+
+
+def keep_versions() -> int:
+    return max(2, int(os.environ.get("NIGHTREC_KEEP_SERVING", KEEP_VERSIONS)))
 
 
 def shard_results(scores_dir: Path) -> list[dict]:
@@ -41,102 +66,261 @@ def shard_results(scores_dir: Path) -> list[dict]:
     return stats
 
 
-def _swap_current(serving: Path, target: str) -> None:
-    link, tmp = serving / "current", serving / f".current.{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(Path("versions") / target, target_is_directory=True)
-    os.replace(tmp, link)
+def check_coverage(stats: list[dict], snapshot_dir: Path, users_published: int) -> None:
+    """Fail unless every user of the snapshot got a list, or had nothing left to get.
+
+    The snapshot's users are those of ``users.parquet`` and ``interactions.parquet``. The
+    shards (``stats``) must have scored exactly that many, and the published table must
+    hold ``users_published`` = all of them but those score found with no unseen active
+    item (``users_empty``). A run that silently lost users (``--batch-size -1`` once
+    published 7 of 500) stops here instead of going live.
+    """
+    expected = (
+        pl.concat(
+            [
+                pl.scan_parquet(snapshot_dir / f"{name}.parquet").select("user_id")
+                for name in ("users", "interactions")
+            ]
+        )
+        .unique()
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    scored = sum(int(s["users"]) for s in stats)
+    empty = sum(int(s.get("users_empty", 0)) for s in stats)
+    if scored != expected or users_published + empty != expected:
+        raise ContractError(
+            f"scores of run {stats[0]['run_id']!r} cover {users_published} of the {expected} "
+            f"users of snapshot {snapshot_dir.name} ({scored} scored, {empty} with nothing left "
+            "to recommend): not published; re-run score"
+        )
 
 
-def publish(settings: Settings, run_id: str, as_of: dt.date) -> dict:
-    """Build, check and swap in the serving version of ``run_id``; record the run."""
-    started = time.perf_counter()
-    scores = settings.scores_dir(run_id)
-    stats = shard_results(scores)
-    parts = sorted(str(p) for p in scores.glob("shard-*-of-*/part-*.parquet"))
+def live(settings: Settings) -> dict | None:
+    """The pointer of the live serving version, or None before the first publish."""
+    path = settings.serving / POINTER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _build_version(
+    settings: Settings, run_id: str, as_of: dt.date, stats: list[dict], parts: list[str]
+) -> tuple[str, int, int]:
+    """Build ``versions/<id>`` unless it exists; returns (id, rows, users)."""
     digest = hashlib.sha256(run_id.encode())
     for p in parts:
         digest.update(Path(p).read_bytes())
     serving_id = f"{as_of:%Y%m%d}-{digest.hexdigest()[:10]}"
-    versions = settings.serving / "versions"
-    final = versions / serving_id
-    generated_at = dt.datetime.combine(as_of, dt.time(), dt.UTC)  # the run's logical date
-    model_version = stats[0]["model_version"]
-    if not (final / SERVING_DB).is_file():
-        tmp = versions / f".{serving_id}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with db.connect(tmp / SERVING_DB, read_only=False) as con:
-            con.execute("begin")
-            db.run(
-                con,
-                "publish_recommendations",
-                {
-                    "parts": parts,
-                    "model_version": model_version,
-                    "run_id": run_id,
-                    "generated_at": generated_at,
-                },
-            )
-            con.execute(
-                "create table serving_info as select $run_id as run_id, $as_of::date as as_of, "
-                "$model_version as model_version, $serving_id as serving_id, "
-                "(select count(*) from recommendations) as rows, "
-                "(select count(distinct user_id) from recommendations) as users",
-                {
-                    "run_id": run_id,
-                    "as_of": as_of,
-                    "model_version": model_version,
-                    "serving_id": serving_id,
-                },
-            )
-            con.execute("commit")
-            bad = db.frame(con, "check_recommendations")
-            if bad.height:
-                raise ContractError(f"recommendations of {run_id} fail checks: {bad.rows()[:5]}")
-            con.execute(
-                "copy recommendations to $path (format parquet)",
-                {"path": str(tmp / "recommendations.parquet")},
-            )
-            rows, users = db.one(con, "select rows, users from serving_info")
-        shutil.rmtree(tmp / f"{SERVING_DB}.tmp", ignore_errors=True)  # DuckDB spill folder
-        tmp.rename(final)
-    else:
+    final = settings.serving / "versions" / serving_id
+    if (final / SERVING_DB).is_file():
         with db.connect(final / SERVING_DB, read_only=True) as con:
             rows, users = db.one(con, "select rows, users from serving_info")
-        log.info("publish: %s already built from these scores; re-pointing only", serving_id)
-    _swap_current(settings.serving, serving_id)
-    _prune(versions, keep=KEEP_VERSIONS, current=serving_id)
-    seconds = time.perf_counter() - started
-    record_run(settings, run_id, as_of, model_version, serving_id, stats, rows, seconds)
+        log.info("publish: %s already built from these scores", serving_id)
+        return serving_id, rows, users
+    tmp = final.with_name(f".{serving_id}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model_version = stats[0]["model_version"]
+    with db.connect(tmp / SERVING_DB, read_only=False, schema=False) as con:
+        con.execute("begin")
+        db.run(
+            con,
+            "publish_recommendations",
+            {
+                "parts": parts,
+                "model_version": model_version,
+                "run_id": run_id,
+                "generated_at": dt.datetime.combine(as_of, dt.time(), dt.UTC),
+            },
+        )
+        con.execute(
+            "create table serving_info as select $run_id as run_id, $as_of::date as as_of, "
+            "$model_version as model_version, $serving_id as serving_id, "
+            "(select count(*) from recommendations) as rows, "
+            "(select count(distinct user_id) from recommendations) as users",
+            {
+                "run_id": run_id,
+                "as_of": as_of,
+                "model_version": model_version,
+                "serving_id": serving_id,
+            },
+        )
+        con.execute("commit")
+        bad = db.frame(con, "check_recommendations")
+        if bad.height:
+            raise ContractError(f"recommendations of {run_id} fail checks: {bad.rows()[:5]}")
+        con.execute(
+            "copy recommendations to $path (format parquet)", {"path": str(tmp / RECS_PARQUET)}
+        )
+        rows, users = db.one(con, "select rows, users from serving_info")
+    items = settings.snapshot_dir(as_of) / "items.parquet"
+    pl.read_parquet(items, columns=["item_id", "title", "category", "active"]).write_parquet(
+        tmp / ITEMS_PARQUET
+    )
+    info = {"serving_id": serving_id, "run_id": run_id, "as_of": as_of.isoformat()}
+    info |= {"model_version": model_version, "rows": rows, "users": users}
+    (tmp / "serving_info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(tmp / f"{SERVING_DB}.tmp", ignore_errors=True)  # DuckDB spill folder
+    tmp.rename(final)
+    return serving_id, rows, users
+
+
+def publish(settings: Settings, run_id: str, as_of: dt.date, promote: bool = False) -> dict:
+    """Build and check the serving version of ``run_id``; take it live if the rule allows."""
+    started = time.perf_counter()
+    check_as_of(as_of)
+    stats = shard_results(settings.scores_dir(run_id))
+    parts = sorted(str(p) for p in settings.scores_dir(run_id).glob("shard-*-of-*/part-*.parquet"))
+    serving_id, rows, users = _build_version(settings, run_id, as_of, stats, parts)
+    model_version = stats[0]["model_version"]
+    with file_lock(settings.serving / ".publish.lock", what="the serving pointer"):
+        now = live(settings)
+        go_live = promote or now is None or as_of.isoformat() >= now["as_of"]
+        if go_live:
+            _go_live(settings, serving_id, run_id, as_of, model_version, "forced" * promote)
+        else:
+            log.warning(
+                "publish: %s is for %s, older than the live %s (%s): published as %s, "
+                "not served (set promote to serve it)",
+                run_id,
+                as_of,
+                now["serving_id"],
+                now["as_of"],
+                serving_id,
+            )
+        seconds = time.perf_counter() - started
+        record_run(
+            settings, run_id, as_of, model_version, serving_id, stats, rows, seconds, go_live
+        )
+        _prune(settings)
+        build_catalog(settings)
     log.info(
-        "publish: %s -> %s: %d rows for %d users in %.1fs (%.0f rows/s)",
+        "publish: %s -> %s: %d rows for %d users in %.1fs (%.0f rows/s)%s",
         run_id,
-        final,
+        serving_id,
         rows,
         users,
         seconds,
         rows / max(seconds, 1e-9),
+        "; live" if go_live else "; not live",
     )
     return {
         "serving_id": serving_id,
-        "path": str(settings.serving / "current" / SERVING_DB),
+        "served": go_live,
+        "path": str(settings.serving / "versions" / serving_id / SERVING_DB),
         "rows": rows,
         "users": users,
         "seconds": seconds,
     }
 
 
-def _prune(versions: Path, keep: int, current: str) -> None:
-    """Drop the oldest serving versions beyond ``keep`` (never the current one)."""
-    done = sorted(
-        (p for p in versions.iterdir() if not p.name.startswith(".")),
-        key=lambda p: p.stat().st_mtime,
-    )
-    for old in done[:-keep]:
-        if old.name != current:
-            shutil.rmtree(old)
+def _go_live(
+    settings: Settings, serving_id: str, run_id: str, as_of: dt.date | str, model: str, why: str
+) -> None:
+    """Point ``current.json``, ``current`` and the history at ``serving_id`` (lock held)."""
+    serving = settings.serving
+    version = Path("versions") / serving_id
+    pointer = {
+        "serving_id": serving_id,
+        "run_id": run_id,
+        "as_of": str(as_of),
+        "model_version": model,
+        "recommendations_parquet": str(version / RECS_PARQUET),
+        "serving_duckdb": str(version / SERVING_DB),
+        "items_parquet": str(version / ITEMS_PARQUET),
+        "live_since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    _write_atomic(serving / POINTER, json.dumps(pointer, indent=2))
+    link, tmp = serving / "current", serving / f".current.{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(version, target_is_directory=True)
+    os.replace(tmp, link)
+    with (serving / HISTORY).open("a") as fh:
+        fh.write(json.dumps({**pointer, "why": why or "publish"}) + "\n")
+
+
+def _history(settings: Settings) -> list[dict]:
+    path = settings.serving / HISTORY
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def versions(settings: Settings) -> list[str]:
+    """Published version ids, oldest build first."""
+    folder = settings.serving / "versions"
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    return [p.name for p in sorted(done, key=lambda p: (p.stat().st_mtime, p.name))]
+
+
+def _prune(settings: Settings) -> None:
+    """Keep the live version, the last few that were live (rollback) and the newest built."""
+    keep = keep_versions()
+    recent_live: list[str] = []
+    for entry in reversed(_history(settings)):
+        if entry["serving_id"] not in recent_live:
+            recent_live.append(entry["serving_id"])
+    built = versions(settings)
+    kept = set(recent_live[:keep]) | set(built[-keep:])
+    for name in built:
+        if name not in kept:
+            shutil.rmtree(settings.serving / "versions" / name)
+            log.info("publish: pruned serving version %s", name)
+
+
+def build_catalog(settings: Settings) -> Path:
+    """Rebuild ``serving/serving.duckdb``: views over the live version, runs and metrics."""
+    serving = settings.serving
+    now = live(settings)
+    if now is None:
+        return serving / SERVING_DB
+    kept = versions(settings)
+    base = serving.resolve()
+    all_parquet = [base / "versions" / v / RECS_PARQUET for v in kept]
+    tmp = serving / f".{SERVING_DB}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    with db.connect(settings.warehouse, read_only=True) as wh:
+        runs = db.frame(wh, "select * from runs order by as_of, run_id")
+        metrics = db.frame(wh, "select * from run_metrics order by run_id, step, metric")
+    info = []
+    for v in kept:
+        with db.connect(serving / "versions" / v / SERVING_DB, read_only=True) as con:
+            row = db.frame(con, "select * from serving_info")
+        info.append(row.with_columns(pl.lit(v == now["serving_id"]).alias("live")))
+    with db.connect(tmp, read_only=False, schema=False) as con:
+        for name, frame in (
+            ("runs", runs),
+            ("run_metrics", metrics),
+            ("serving_versions", pl.concat(info)),
+        ):
+            con.register("frame", frame)
+            con.execute(f"create table {name} as select * from frame")  # fixed names
+            con.unregister("frame")
+        con.execute(
+            db.sql("serving_catalog").format(
+                live_parquet=db.path_literal(base / now["recommendations_parquet"]),
+                live_items=db.path_literal(base / now["items_parquet"]),
+                all_parquet=db.path_literal(all_parquet),
+            )
+        )
+    os.chmod(tmp, 0o644 & ~_umask())
+    os.replace(tmp, serving / SERVING_DB)
+    return serving / SERVING_DB
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def record_run(
@@ -148,6 +332,7 @@ def record_run(
     stats: list[dict],
     rows: int,
     publish_seconds: float,
+    served: bool = True,
 ) -> None:
     with db.connect(settings.warehouse) as con:
         db.run(
@@ -160,6 +345,7 @@ def record_run(
                 "serving_id": serving_id,
                 "provider": stats[0]["provider"],
                 "published_at": dt.datetime.now(dt.UTC),
+                "served": served,
             },
         )
         db.record_metrics(
@@ -195,20 +381,38 @@ def _upstream_metrics(settings: Settings, as_of: dt.date, model_version: str) ->
     return found
 
 
-def rollback(settings: Settings) -> str:
-    """Point ``serving/current`` at the version published before the current one."""
-    link = settings.serving / "current"
-    if not link.is_symlink():
-        raise ContractError(f"nothing published under {settings.serving}")
-    now = link.resolve().name
-    versions = sorted(
-        (p for p in (settings.serving / "versions").iterdir() if not p.name.startswith(".")),
-        key=lambda p: p.stat().st_mtime,
+def rollback(settings: Settings, version: str | None = None) -> str:
+    """Serve ``version``, or the version that was live before the current one.
+
+    An explicit operator action: it ignores the forward-only rule, and the next run
+    for a date not older than the rolled-back-to version takes over again.
+    """
+    with file_lock(settings.serving / ".publish.lock", what="the serving pointer"):
+        now = live(settings)
+        if now is None:
+            raise ContractError(f"nothing published under {settings.serving}")
+        kept = versions(settings)
+        if version is None:
+            earlier = [
+                e["serving_id"]
+                for e in _history(settings)
+                if e["serving_id"] != now["serving_id"] and e["serving_id"] in kept
+            ]
+            if not earlier:
+                raise ContractError(f"no earlier live version than {now['serving_id']} is kept")
+            version = earlier[-1]
+        safe_id(version, "serving version")
+        if version not in kept:
+            raise ContractError(
+                f"serving version {version!r} does not exist; kept: {', '.join(kept)}"
+            )
+        with db.connect(settings.serving / "versions" / version / SERVING_DB, True) as con:
+            run_id, as_of, model = db.one(
+                con, "select run_id, as_of, model_version from serving_info"
+            )
+        _go_live(settings, version, run_id, as_of, model, f"rollback from {now['serving_id']}")
+        build_catalog(settings)
+    log.info(
+        "rollback: serving %s -> %s (run %s, as_of %s)", now["serving_id"], version, run_id, as_of
     )
-    names = [p.name for p in versions]
-    if now not in names or names.index(now) == 0:
-        raise ContractError(f"no serving version older than {now} to roll back to")
-    previous = names[names.index(now) - 1]
-    _swap_current(settings.serving, safe_id(previous, "serving version"))
-    log.info("rollback: serving/current %s -> %s", now, previous)
-    return previous
+    return version

@@ -1,6 +1,13 @@
-"""Read the published tables: what the apps see."""
+"""Read the published tables: what the apps see.
+
+Readers open ``serving/serving.duckdb`` (views over the live version's files, which
+never change once written) and never the warehouse, so they neither wait for nor block
+a nightly run.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import polars as pl
 
@@ -9,8 +16,8 @@ from nightrec.config import ContractError, Settings
 from nightrec.publish import SERVING_DB
 
 
-def serving_path(settings: Settings):
-    path = settings.serving / "current" / SERVING_DB
+def serving_path(settings: Settings) -> Path:
+    path = settings.serving / SERVING_DB
     if not path.is_file():
         raise ContractError(f"nothing published yet under {settings.serving}: run the pipeline")
     return path
@@ -29,21 +36,14 @@ def sample_users(settings: Settings, per_reason: int = 2) -> list[str]:
 
 
 def recommendations_for(settings: Settings, user_ids: list[str], limit: int = 10) -> pl.DataFrame:
-    """Top ``limit`` of each user with item titles, from the current serving version."""
+    """Top ``limit`` of each user with item titles, from the live serving version."""
     with db.connect(serving_path(settings), read_only=True) as con:
-        recs = db.frame(
+        return db.frame(
             con,
-            "select user_id, rank, item_id, score, reason, because_item_id, model_version "
-            "from recommendations where list_contains($users, user_id) and rank <= $limit "
-            "order by user_id, rank",
+            "select r.user_id, r.rank, r.item_id, r.score, r.reason, r.because_item_id, "
+            "r.model_version, i.title from recommendations r "
+            "left join items i using (item_id) "
+            "where list_contains($users, r.user_id) and r.rank <= $limit "
+            "order by r.user_id, r.rank",
             {"users": user_ids, "limit": limit},
         )
-    items = pl.DataFrame(schema={"item_id": pl.Utf8, "title": pl.Utf8})
-    if settings.warehouse.exists():
-        with db.connect(settings.warehouse, read_only=True) as con:
-            items = db.frame(
-                con,
-                "select item_id, title from items where list_contains($ids, item_id)",
-                {"ids": recs["item_id"].unique().to_list()},
-            )
-    return recs.join(items, on="item_id", how="left", maintain_order="left")

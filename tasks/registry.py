@@ -5,11 +5,16 @@ PyTorch weights), ``items.parquet`` (item_id of each model index) and
 ``manifest.json`` (config, data cut-off, metrics, package versions, parity, and the
 sha256 of every file). It is written under a temporary name and renamed into place;
 ``current`` is a symlink swapped atomically, and only after the parity check passed.
+
+The manifest seals the folder: ``manifest_sha256`` is the sha256 of the manifest's
+canonical JSON (every other field), and with ``NIGHTREC_MODEL_KEY`` set, ``signature``
+is an HMAC-SHA256 of the same bytes. ``verify`` accepts exactly the listed files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib.metadata
 import json
 import logging
@@ -31,6 +36,11 @@ SCORER = "scorer.onnx"
 CURRENT = "current"
 PARITY_ATOL = 1e-4
 PACKAGES = ("torch", "onnx", "onnxruntime", "transformers", "duckdb", "polars", "numpy")
+REQUIRED = (SCORER, "encoder.pt", "items.parquet")  # every version has these, listed
+DIGEST = "manifest_sha256"  # sha256 of the canonical JSON of the manifest minus DIGEST, SIGNATURE
+SIGNATURE = "signature"  # HMAC-SHA256 of the same bytes with NIGHTREC_MODEL_KEY, when set
+KEY_ENV = "NIGHTREC_MODEL_KEY"
+MIN_KEY_BYTES = 16
 
 
 def sha256(path: Path) -> str:
@@ -73,12 +83,16 @@ def export(
     import torch
 
     from nightrec.model import TopNScorer
+    from nightrec.ops import quiet_third_party
+
+    quiet_third_party()
 
     safe_id(version, "model version")
     final = models_dir / version
     tmp = models_dir / f".{version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp.mkdir()
     scorer = TopNScorer(model).eval()
     n = scorer.item_matrix.shape[0]
     bias = np.zeros(n, dtype=np.float32)
@@ -122,7 +136,7 @@ def export(
         "packages": _versions(),
         "files": files,
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    write_manifest(tmp, manifest)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -170,30 +184,153 @@ def check_parity(scorer: Any, onnx_path: Path, histories: np.ndarray, bias: np.n
     return {"batch": b, "k": k, "max_abs_diff": diff, "tolerance": PARITY_ATOL}
 
 
+def model_key() -> bytes | None:
+    """The deployment's model signing key (``NIGHTREC_MODEL_KEY``), or None when unset."""
+    raw = os.environ.get(KEY_ENV, "")
+    if not raw:
+        return None
+    key = raw.encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise ContractError(
+            f"{KEY_ENV} is shorter than {MIN_KEY_BYTES} bytes: use a random secret "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return key
+
+
+def _canonical(manifest: dict) -> bytes:
+    """The bytes that the digest and the signature cover: every field but those two."""
+    body = {k: v for k, v in manifest.items() if k not in (DIGEST, SIGNATURE)}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def seal(manifest: dict) -> dict:
+    """``manifest`` with its digest, and its signature when ``NIGHTREC_MODEL_KEY`` is set."""
+    body = _canonical(manifest)
+    out = {k: v for k, v in manifest.items() if k not in (DIGEST, SIGNATURE)}
+    out[DIGEST] = hashlib.sha256(body).hexdigest()
+    key = model_key()
+    if key is not None:
+        out[SIGNATURE] = hmac.new(key, body, hashlib.sha256).hexdigest()
+    return out
+
+
+def write_manifest(version_dir: Path, manifest: dict) -> dict:
+    """Seal ``manifest`` and write it as the folder's ``manifest.json``; returns it sealed."""
+    sealed = seal(manifest)
+    (version_dir / MANIFEST).write_text(json.dumps(sealed, indent=2, sort_keys=True))
+    return sealed
+
+
 def verify(version_dir: Path) -> dict:
-    """Read a version's manifest and check every file's sha256; returns the manifest."""
+    """Check a version folder against its sealed manifest; returns the manifest.
+
+    Refused, with a message naming the version and what is wrong: a manifest that is
+    missing, not JSON, unsealed or changed since export (its digest); with
+    ``NIGHTREC_MODEL_KEY`` set, one that is unsigned or signed with another key (anyone who
+    can write the folder can recompute a digest, only the key holder can sign); a
+    ``version`` other than the folder's name; a file list without scorer.onnx, encoder.pt or
+    items.parquet; a file in the folder that is not listed, or listed and missing; a
+    listed file that is not a regular file or whose sha256 differs.
+    """
+    where = f"model version {version_dir.name!r} ({version_dir})"
     path = version_dir / MANIFEST
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise ContractError(f"{version_dir} is not a model version (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
-    for name, digest in manifest["files"].items():
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(f"{where}: {MANIFEST} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ContractError(f"{where}: {MANIFEST} is not a JSON object")
+    body = _canonical(manifest)
+    digest = manifest.get(DIGEST)
+    if not isinstance(digest, str):
+        raise ContractError(f"{where}: {MANIFEST} has no {DIGEST} (unsealed): re-export it")
+    if not hmac.compare_digest(digest, hashlib.sha256(body).hexdigest()):
+        raise ContractError(f"{where}: {MANIFEST} was changed after export ({DIGEST} mismatch)")
+    key = model_key()
+    if key is not None:
+        signature = manifest.get(SIGNATURE)
+        if not isinstance(signature, str):
+            raise ContractError(f"{where}: {MANIFEST} is not signed, and {KEY_ENV} is set")
+        if not hmac.compare_digest(signature, hmac.new(key, body, hashlib.sha256).hexdigest()):
+            raise ContractError(
+                f"{where}: bad {MANIFEST} signature (changed, or signed with another key "
+                f"than {KEY_ENV})"
+            )
+    if manifest.get("version") != version_dir.name:
+        raise ContractError(
+            f"{where}: {MANIFEST} is for version {manifest.get('version')!r}, "
+            "not for this folder (renamed or copied?)"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ContractError(f"{where}: {MANIFEST} has no valid 'files' list")
+    unlisted = [name for name in REQUIRED if name not in files]
+    if unlisted:
+        raise ContractError(f"{where}: {MANIFEST} does not list {', '.join(unlisted)}")
+    present = {p.name for p in version_dir.iterdir()} - {MANIFEST}
+    if present - set(files):
+        raise ContractError(f"{where}: files not in {MANIFEST}: {sorted(present - set(files))}")
+    if set(files) - present:
+        raise ContractError(f"{where}: listed files missing: {sorted(set(files) - present)}")
+    for name, want in sorted(files.items()):
         file = version_dir / name
-        if not file.is_file() or sha256(file) != digest:
+        if file.is_symlink() or not file.is_file():
+            raise ContractError(f"{where}: {name} is not a regular file")
+        if sha256(file) != want:
             raise ContractError(f"checksum mismatch for {file}: the model version is corrupt")
     return manifest
 
 
-def promote(models_dir: Path, version: str) -> None:
-    """Point ``current`` at ``version`` with an atomic symlink swap."""
+def promote(models_dir: Path, version: str, force: bool = False) -> bool:
+    """Point ``current`` at ``version`` if its data is not older than the current model's.
+
+    ``current`` only moves forward in data time (``as_of`` in the manifest): a backfill or
+    a re-run of an old date trains and keeps its own version without replacing the live
+    one, unless ``force`` (the ``promote`` Param). Returns whether ``current`` moved.
+    The compare-and-swap holds a lock so two runs cannot interleave.
+    """
+    from nightrec.locks import file_lock
+
     safe_id(version, "model version")
-    if not (models_dir / version / MANIFEST).is_file():
+    target = models_dir / version
+    if not (target / MANIFEST).is_file():
         raise ContractError(f"cannot promote {version}: no such version in {models_dir}")
     link = models_dir / CURRENT
-    tmp = models_dir / f".{CURRENT}.{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(version, target_is_directory=True)
-    os.replace(tmp, link)
+    with file_lock(models_dir / ".promote.lock"):
+        new_as_of = json.loads((target / MANIFEST).read_text()).get("as_of", "")
+        if link.exists() and not force:
+            live = link.resolve()
+            live_as_of = json.loads((live / MANIFEST).read_text()).get("as_of", "")
+            if live.name != version and live_as_of > new_as_of:
+                log.info(
+                    "promote: %s (as_of %s) is older than the live %s (as_of %s); "
+                    "kept, not promoted",
+                    version,
+                    new_as_of,
+                    live.name,
+                    live_as_of,
+                )
+                return False
+        tmp = models_dir / f".{CURRENT}.{os.getpid()}"
+        if tmp.is_symlink():
+            tmp.unlink()
+        tmp.symlink_to(version, target_is_directory=True)
+        os.replace(tmp, link)
+    log.info("promote: models/current -> %s (as_of %s)%s", version, new_as_of, " (forced)" * force)
+    return True
+
+
+def load_version(models_dir: Path, version: str | None = None) -> tuple[Path, dict]:
+    """A version folder (``current`` when None) and its manifest, verified by checksum."""
+    if version is None:
+        return load_current(models_dir)
+    target = models_dir / safe_id(version, "model version")
+    if not target.is_dir():
+        raise ContractError(f"no model version {version} in {models_dir}")
+    return target, verify(target)
 
 
 def load_current(models_dir: Path) -> tuple[Path, dict]:

@@ -21,7 +21,7 @@ import polars as pl
 
 from nightrec import db, registry
 from nightrec.config import ContractError, ScoreConfig, Settings
-from nightrec.model import histories, padded_sets
+from nightrec.model import histories, padded_sets, plan_batches
 from nightrec.train import load_sequences
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,21 @@ def in_shard(user_ids: pl.Series, shard: int, num_shards: int) -> np.ndarray:
 
 
 def score(
-    settings: Settings, snapshot_dir: Path, run_id: str, cfg: ScoreConfig = ScoreConfig()
+    settings: Settings,
+    snapshot_dir: Path,
+    run_id: str,
+    cfg: ScoreConfig = ScoreConfig(),
+    model_version: str | None = None,
 ) -> dict:
-    """Score the users of one shard; returns counts and the provider that ran."""
+    """Score the users of one shard with ``model_version`` (default: the promoted one).
+
+    Returns counts and the provider that ran. A backfill run passes the model it trained
+    for its own date, which need not be the live one.
+    """
     import onnxruntime as ort
 
     started = time.perf_counter()
-    version_dir, manifest = registry.load_current(settings.models_dir)
+    version_dir, manifest = registry.load_version(settings.models_dir, model_version)
     model_items = pl.read_parquet(version_dir / "items.parquet")  # item_id, idx
     n_index = model_items.height + 1
     catalog = pl.read_parquet(snapshot_dir / "items.parquet", columns=["item_id", "active"])
@@ -109,9 +117,11 @@ def score(
     tmp.mkdir(parents=True)
     max_history = int(manifest["config"]["max_history"])
     parts, pending, rows, t_model = 0, [], 0, 0.0
+    written = 0  # users given at least one item; with the "empty" ones, every user of the shard
     u_all = warm["u"].to_numpy()
-    for lo in range(0, len(u_all), cfg.batch_size):
-        u = u_all[lo : lo + cfg.batch_size]
+    widths = seqs.ends[u_all] - seqs.starts[u_all]  # seen items per user: the exclude width
+    for batch in plan_batches(widths, cfg.batch_size, cfg.max_exclude_cells):
+        lo, u = batch.start, u_all[batch]
         starts, ends = seqs.starts[u], seqs.ends[u]
         hist = histories(seqs.seq, starts, ends, max_history)
         seen = padded_sets(seqs.seq, starts, ends)
@@ -119,6 +129,7 @@ def score(
         top_s, top_i, because = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))
         t_model += time.perf_counter() - t
         keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
+        written += int(keep.any(axis=1).sum())
         row_user = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[keep]
         rank = (np.cumsum(keep, axis=1))[keep]
         pending.append(
@@ -148,7 +159,9 @@ def score(
         rows += _write_part(pending, tmp, parts)
         parts += 1
     if cold.len():
-        rows += _write_part([popular_for(cold, snapshot_dir, cfg)], tmp, parts)
+        popular = popular_for(cold, snapshot_dir, cfg)
+        written += popular["user_id"].n_unique()
+        rows += _write_part([popular], tmp, parts)
         parts += 1
     seconds = time.perf_counter() - started
     stats = {
@@ -158,6 +171,8 @@ def score(
         "users": users.len(),
         "users_history": warm.height,
         "users_cold": cold.len(),
+        "users_written": written,
+        "users_empty": users.len() - written,  # nothing left to recommend (saw every item)
         "rows": rows,
         "top_n": cfg.top_n,
         "shard": cfg.shard,

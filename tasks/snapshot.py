@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from nightrec import db
-from nightrec.config import ContractError, Settings
+from nightrec.config import ContractError, Settings, check_as_of
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def cutoff_of(as_of: dt.date) -> dt.datetime:
 def snapshot(settings: Settings, as_of: dt.date) -> Path:
     """Write ``snapshots/<as_of>/{interactions,items,users}.parquet`` atomically."""
     started = time.perf_counter()
+    check_as_of(as_of)
     out = settings.snapshot_dir(as_of)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -138,15 +138,18 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
 def train(
     settings: Settings, snapshot_dir: Path, as_of: dt.date, cfg: TrainConfig = TrainConfig()
 ) -> str:
-    """Train, export to ONNX, check parity, promote. Returns the model version."""
+    """Train, export to ONNX and check parity; returns the model version (not promoted).
+
+    Promotion is a separate step (``registry.promote``) so that a backfill's model never
+    replaces a newer live one.
+    """
     started = time.perf_counter()
     encoder = json.loads((snapshot_dir / "embed.json").read_text())["encoder"]
     version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder)}"
     existing = settings.models_dir / version
     if existing.is_dir() and (existing / registry.MANIFEST).is_file():
         registry.verify(existing)
-        registry.promote(settings.models_dir, version)
-        log.info("train: %s already trained on this snapshot and config; promoted as is", version)
+        log.info("train: %s already trained on this snapshot and config; reused", version)
         return version
     catalog = load_catalog(snapshot_dir)
     text = load_embeddings(snapshot_dir)
@@ -181,8 +184,5 @@ def train(
         },
         example_history=np.tile(hist[:8], (2, 1))[:8],  # >= 2 rows: batch stays dynamic
     )
-    registry.promote(settings.models_dir, version)
-    log.info(
-        "train: %s trained, exported and promoted in %.1fs", version, time.perf_counter() - started
-    )
+    log.info("train: %s trained and exported in %.1fs", version, time.perf_counter() - started)
     return version

@@ -29,36 +29,79 @@ def dagbag(airflow_db):
     return DagBag(dag_folder=str(REPO / "dags"))
 
 
+DAG_IDS = {DAG_ID, "ingest_events", "rollback_recommendations"}
+
+
 def test_dag_folder_imports_cleanly(dagbag):
     assert dagbag.import_errors == {}
-    assert DAG_ID in dagbag.dag_ids
+    assert DAG_IDS <= set(dagbag.dag_ids)
+    for dag_id in DAG_IDS:
+        dag = dagbag.get_dag(dag_id)
+        assert dag.doc_md and "nightrec" in dag.tags, dag_id
+        assert all(t.owner == "nightrec" for t in dag.tasks), dag_id
+        assert all(t.on_failure_callback for t in dag.tasks), dag_id
 
 
 def test_tasks_edges_retries_and_pools(dagbag):
     dag = dagbag.get_dag(DAG_ID)
-    assert set(dag.task_ids) == {"ingest", "snapshot", "embed", "train", "score", "publish"}
+    assert set(dag.task_ids) == {
+        "plan",
+        "ingest",
+        "snapshot",
+        "embed",
+        "train",
+        "promote_model",
+        "score",
+        "publish",
+        "housekeeping",
+        "shards",
+    }
     down = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert down["plan"] == {"ingest", "snapshot", "train", "promote_model", "publish"}
     assert down["ingest"] == {"snapshot"}
     assert down["snapshot"] == {"embed", "train", "score"}
     assert down["embed"] == {"train"}
-    assert down["train"] == {"score"}
+    assert down["train"] == {"promote_model"}
+    assert down["promote_model"] == {"score"}
+    assert down["shards"] == {"score"}
     assert down["score"] == {"publish"}
+    assert down["publish"] == {"housekeeping"}
     assert dag.catchup is False
     for t in dag.tasks:
-        assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
         assert t.execution_timeout is not None, t.task_id
+        if t.task_id not in (
+            "plan",
+            "shards",
+            "housekeeping",
+        ):  # contract checks and cleanup: no retry
+            assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
+    # every task that opens the warehouse file, snapshot included, shares the one-slot pool
     writers = {t.task_id for t in dag.tasks if t.pool == "nightrec_warehouse"}
-    assert writers == {"ingest", "embed", "publish"}
-    assert set(dag.params.keys()) == {"top_n", "retrain", "as_of", "provider"}
+    assert writers == {"ingest", "snapshot", "embed", "publish"}
+    assert set(dag.params.keys()) == {
+        "top_n",
+        "retrain",
+        "as_of",
+        "provider",
+        "promote",
+        "score_shards",
+    }
+    assert dag.get_task("score").is_mapped if hasattr(dag.get_task("score"), "is_mapped") else True
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
+    assert outlets == {"publish": ["nightrec_recommendations"]}
+    ingest_dag = dagbag.get_dag("ingest_events")
+    assert [a.name for a in ingest_dag.get_task("ingest").outlets] == ["nightrec_events"]
+    assert ingest_dag.get_task("ingest").pool == "nightrec_warehouse"
 
 
-def test_importing_dag_file_loads_no_heavy_modules():
+def test_importing_dag_files_loads_no_heavy_modules():
     code = (
-        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        "import runpy, sys; [runpy.run_path(p) for p in sys.argv[1:]]; "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
+    files = [str(p) for p in sorted((REPO / "dags").glob("*.py"))]
     out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "dags" / f"{DAG_ID}.py")],
+        [sys.executable, "-c", code, *files],
         capture_output=True,
         text=True,
         check=True,
@@ -75,12 +118,13 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
     generate(SynthConfig(users=120, items=40, seed=3), settings.landing)
 
     dag = dagbag.get_dag(DAG_ID)
-    run = dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 7, "provider": "cpu"})
+    conf = {"as_of": AS_OF.isoformat(), "top_n": 7, "provider": "cpu", "score_shards": 2}
+    run = dag.test(run_conf=conf)
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
 
-    with duckdb.connect(
-        str(settings.serving / "current" / "serving.duckdb"), read_only=True
-    ) as con:
+    scores = [ti for ti in run.get_task_instances() if ti.task_id == "score"]
+    assert sorted(ti.map_index for ti in scores) == [0, 1]  # scoring mapped over 2 shards
+    with duckdb.connect(str(settings.serving / "serving.duckdb"), read_only=True) as con:
         users, rows, runs, per_user = con.execute(
             "select count(distinct user_id), count(*), count(distinct run_id), max(rank) "
             "from recommendations"
@@ -106,6 +150,10 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
         ).fetchone()
     assert recorded is not None and recorded[1] == "CPUExecutionProvider"
     assert set(steps) == {"snapshot", "embed", "train", "score", "publish"}
+    assert sorted(p.name for p in settings.scores_dir(run.run_id).glob("shard-*")) == [
+        "shard-00000-of-00002",
+        "shard-00001-of-00002",
+    ]
     assert scored == (120.0,)
 
 
@@ -141,3 +189,14 @@ def test_bad_param_is_refused(dagbag):
     dag = dagbag.get_dag(DAG_ID)
     with pytest.raises(Exception, match="top_n|1000|maximum"):
         dag.test(run_conf={"top_n": 5000})
+
+
+def test_unknown_conf_key_is_refused(dagbag, settings, monkeypatch):
+    """A typo such as ``topn`` fails the run at ``plan``, before any step touches state."""
+    monkeypatch.setenv("NIGHTREC_HOME", str(settings.home))
+    monkeypatch.setenv("NIGHTREC_MODELS_DIR", str(settings.models_dir))
+    run = dagbag.get_dag(DAG_ID).test(run_conf={"as_of": AS_OF.isoformat(), "topn": 5})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert "success" not in str(run.state).lower()
+    assert "failed" in states["plan"] and "success" not in states.get("ingest", "")
+    assert not settings.warehouse.exists()

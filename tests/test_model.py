@@ -258,7 +258,9 @@ def _published(settings: Settings) -> pl.DataFrame:
 
 def test_model_learns_planted_follow_ups(planted) -> None:
     settings, snap = planted["settings"], planted["snapshot"]
-    stats = score.score(settings, snap, "planted", ScoreConfig(top_n=5, provider="cpu"))
+    stats = score.score(
+        settings, snap, "planted", ScoreConfig(top_n=5, provider="cpu"), planted["version"]
+    )
     assert stats["model_version"] == planted["version"]
     publish.publish(settings, "planted", AS_OF)
     recs = _published(settings)
