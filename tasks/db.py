@@ -42,7 +42,7 @@ def _holder(message: str) -> str:
     cmd = ""
     try:
         with open(f"/proc/{m.group(2)}/cmdline", "rb") as fh:
-            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+            cmd = " ".join(fh.read().replace(b"\0", b" ").decode(errors="replace").split())[:200]
     except OSError:
         pass
     return f"PID {m.group(2)} ({cmd or m.group(1)})"
@@ -66,8 +66,10 @@ def connect(path: Path, read_only: bool = False, schema: bool = True) -> duckdb.
     """
     if read_only and not path.exists():
         raise FileNotFoundError(f"DuckDB file {path} does not exist (run `nightrec ingest` first)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     con = _open_waiting(path, read_only)
+    if not read_only and schema:  # the warehouse keeps raw rejected rows: owner-only always
+        os.chmod(path, 0o600)
     con.execute("set TimeZone = 'UTC'")
     con.execute("set memory_limit = $m", {"m": os.environ.get("NIGHTREC_DUCKDB_MEMORY", "4GB")})
     if not read_only and schema:

@@ -72,13 +72,9 @@ def prune(settings: Settings, cfg: RetentionConfig | None = None) -> dict[str, i
     for old in others[: -cfg.models]:
         shutil.rmtree(old)
         removed["models"] += 1
-    try:
-        from nightrec.housekeeping import clean_leftovers
-    except ImportError:  # pragma: no cover - the leftovers sweep ships with housekeeping
-        clean_leftovers = None
-    if clean_leftovers is not None:
-        result = clean_leftovers(settings, older_than_s=cfg.leftovers_age_s)
-        removed["leftovers"] = result if isinstance(result, int) else len(result)
+    from nightrec.housekeeping import clean_leftovers
+
+    removed["leftovers"] = len(clean_leftovers(settings, cfg.leftovers_age_s)["removed"])
     log.info(
         "prune: removed %d score folders, %d snapshots, %d model versions, %d leftovers",
         removed["scores"],
