@@ -110,7 +110,7 @@ def test_importing_dag_files_loads_no_heavy_modules():
     assert out.stdout.strip().splitlines()[-1:] in ([], [""]), out.stdout
 
 
-def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
+def test_end_to_end_dag_run(dagbag, settings, monkeypatch, caplog, capfd):
     from nightrec.synth import SynthConfig, generate
 
     monkeypatch.setenv("NIGHTREC_HOME", str(settings.home))
@@ -119,7 +119,17 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch):
 
     dag = dagbag.get_dag(DAG_ID)
     conf = {"as_of": AS_OF.isoformat(), "top_n": 7, "provider": "cpu", "score_shards": 2}
-    run = dag.test(run_conf=conf)
+    with caplog.at_level("INFO"):
+        run = dag.test(run_conf=conf)
+    # quiet task logs: no third-party INFO chatter from the ONNX export, no progress bars
+    chatter = [
+        r
+        for r in caplog.records
+        if r.name.split(".")[0] in ("onnxscript", "onnx_ir", "transformers")
+        and r.levelname in ("DEBUG", "INFO")
+    ]
+    assert chatter == []
+    assert "Loading weights" not in capfd.readouterr().err
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
 
     scores = [ti for ti in run.get_task_instances() if ti.task_id == "score"]
@@ -200,3 +210,39 @@ def test_unknown_conf_key_is_refused(dagbag, settings, monkeypatch):
     assert "success" not in str(run.state).lower()
     assert "failed" in states["plan"] and "success" not in states.get("ingest", "")
     assert not settings.warehouse.exists()
+
+
+def test_failure_calls_the_deployments_notifier(dagbag, settings, monkeypatch):
+    """A failed task logs one summary line and POSTs it to NIGHTREC_NOTIFY_URL."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from nightrec.synth import SynthConfig, generate
+
+    got: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NIGHTREC_NOTIFY_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    monkeypatch.setenv("NIGHTREC_HOME", str(settings.home))
+    monkeypatch.setenv("NIGHTREC_MODELS_DIR", str(settings.models_dir))
+    generate(SynthConfig(users=30, items=12, seed=5), settings.landing)
+    try:
+        # retrain off with no promoted model: a contract error in `train`
+        run = dagbag.get_dag(DAG_ID).test(run_conf={"as_of": AS_OF.isoformat(), "retrain": False})
+    finally:
+        server.shutdown()
+    assert "success" not in str(run.state).lower()
+    assert len(got) == 1, got
+    assert got[0]["task_id"] == "train" and got[0]["dag_id"] == DAG_ID
+    assert "no promoted model" in got[0]["text"] and got[0]["run_id"] == run.run_id
