@@ -34,7 +34,7 @@ demo: $(STAMP)
 	mkdir -p $(AIRFLOW_HOME)
 	nightrec -q synth --users $(DEMO_USERS) --items $(DEMO_ITEMS) --seed 42
 	airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1
-	airflow pools set nightrec_warehouse 1 "tasks that write the nightrec warehouse" > /dev/null
+	airflow pools set nightrec_warehouse 1 "tasks that open the nightrec warehouse" > /dev/null
 	airflow dags test nightly_recommendations > $(AIRFLOW_HOME)/dags-test.log 2>&1 \
 		|| (tail -50 $(AIRFLOW_HOME)/dags-test.log; exit 1)
 	@grep -E "\[nightrec\.(ingest|snapshot|embed|train|registry|score|publish)\]" $(AIRFLOW_HOME)/dags-test.log \
@@ -42,7 +42,7 @@ demo: $(STAMP)
 	@echo
 	@echo "DAG run log:     $(AIRFLOW_HOME)/dags-test.log"
 	@echo "warehouse:       $(NIGHTREC_HOME)/warehouse.duckdb"
-	@echo "serving tables:  $(NIGHTREC_HOME)/serving/current/serving.duckdb (and recommendations.parquet)"
+	@echo "serving tables:  $(NIGHTREC_HOME)/serving/serving.duckdb (Parquet: see serving/current.json)"
 	@echo "model:           $$(readlink $(NIGHTREC_MODELS_DIR)/current)"
 	@echo
 	nightrec -q recs --sample 2 --limit 10
