@@ -60,9 +60,10 @@ def ingest_events():
     def ingest() -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from nightrec.config import ContractError, Settings
+        from nightrec.config import ContractError, Settings, apply_umask
         from nightrec.ingest import ingest
 
+        apply_umask()
         try:
             totals = ingest(Settings.from_env()).totals
         except ContractError as exc:

@@ -97,15 +97,23 @@ PARAMS = {
 
 
 def _call(fn, *args, **kwargs):
-    """Run a step; a broken data contract fails the task at once instead of retrying."""
+    """Run a step with owner-only file modes; a broken data contract, a full disk or a
+    read-only volume fails the task at once (a retry cannot fix them) with one clear line."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from nightrec.config import ContractError
+    from nightrec.config import ContractError, apply_umask
+    from nightrec.errors import describe
 
+    apply_umask()
     try:
         return fn(*args, **kwargs)
     except ContractError as exc:
         raise AirflowFailException(str(exc)) from exc
+    except Exception as exc:
+        why = describe(exc)
+        if why:
+            raise AirflowFailException(why) from exc
+        raise
 
 
 def on_failure(context) -> None:

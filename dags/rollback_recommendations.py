@@ -71,11 +71,12 @@ def rollback_recommendations():
     def rollback(**context) -> str:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from nightrec.config import ContractError, Settings
+        from nightrec.config import ContractError, Settings, apply_umask
         from nightrec.ops import check_conf
         from nightrec.publish import rollback
 
         version = context["params"]["version"]
+        apply_umask()
         try:
             check_conf(context["dag_run"].conf, ["version"])
             return rollback(Settings.from_env(), None if version == "previous" else version)

@@ -8,20 +8,65 @@ import logging
 import sys
 from pathlib import Path
 
-from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig, parse_date
+from nightrec.config import (
+    ContractError,
+    ScoreConfig,
+    Settings,
+    TrainConfig,
+    apply_umask,
+    parse_date,
+    safe_id,
+)
+from nightrec.db import Busy
+from nightrec.errors import ENVIRONMENT_EXIT, describe
 
 STEPS = """steps (in nightly order):
   synth     generate a synthetic landing folder (items, users, events)
   ingest    load new landing files into the warehouse (bad rows -> rejected_rows)
   snapshot  cut the warehouse at a date into Parquet
   embed     embed item text with the pretrained encoder (cached by text hash)
-  train     train the encoder, export to ONNX, check parity, promote
+  train     train the encoder, export to ONNX, check parity (a new model version)
+  promote   make a model version current (only forward in data time unless --force)
   score     score every user with ONNX Runtime (top-N, unseen, active items)
-  publish   swap in a new serving DuckDB + Parquet and record the run
+  publish   build a serving version; it goes live unless older than the live one
   run       all of the above after synth, in order
   recs      show a user's published recommendations
-  rollback  point serving/current back at the previous version
+  rollback  serve the previous (or a named) serving version
+  versions  list serving versions and which one is live
+  prune     remove old scores, snapshots, models and stale temporary files
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, ``nightrec <step>: error: ...`` (exit 2), like step errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(lo: int, hi: int):
+    """An argparse type: an integer within ``lo..hi``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be within {lo}..{hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86_400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be within 0..86400 seconds, got {text}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -29,7 +74,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nightrec",
         description="Nightly batch recommendations.",
         epilog=STEPS,
@@ -60,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--as-of", help="last day of data, YYYY-MM-DD (default today, UTC)")
         if name in ("score", "publish", "run"):
             p.add_argument("--run-id", help="run id (default manual__<as_of>)")
+        if name in ("publish", "run"):
+            p.add_argument(
+                "--promote",
+                action="store_true",
+                help="serve this run (and its model) even if its date is older than the live one",
+            )
+        if name == "score":
+            p.add_argument("--model-version", help="model version (default: the current one)")
         if name in ("score", "run"):
             p.add_argument("--top-n", type=int, default=ScoreConfig.top_n)
             p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
@@ -68,12 +121,21 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
         if name == "run":
             p.add_argument("--no-retrain", action="store_true", help="score with the current model")
+            p.add_argument(
+                "--wait", type=_seconds, default=0.0, help="seconds to wait for a run in progress"
+            )
 
     p = sub.add_parser("recs", help="show published recommendations")
     p.add_argument("--user", action="append", help="user id (repeatable)")
-    p.add_argument("--sample", type=int, help="instead: this many users of each reason")
-    p.add_argument("--limit", type=int, default=10)
-    sub.add_parser("rollback", help="serve the previous published version")
+    p.add_argument("--sample", type=_count(1, 1000), help="instead: this many users of each reason")
+    p.add_argument("--limit", type=_count(1, 1000), default=10)
+    p = sub.add_parser("promote", help="make a model version current")
+    p.add_argument("version", help="model version folder name")
+    p.add_argument("--force", action="store_true", help="also when older than the current one")
+    p = sub.add_parser("rollback", help="serve the previous (or a named) published version")
+    p.add_argument("--version", help="serving version id (see `nightrec versions`)")
+    sub.add_parser("versions", help="list serving versions")
+    sub.add_parser("prune", help="apply retention to scores, snapshots, models, leftovers")
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -81,10 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        apply_umask()  # before anything is written: state is owner-only (NIGHTREC_UMASK)
         result = _dispatch(args)
-    except (ContractError, FileNotFoundError) as exc:
+    except (ContractError, FileNotFoundError, Busy) as exc:
         print(f"nightrec {args.step}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk, a quota, a read-only mount: one line, exit 3
+        why = describe(exc)
+        if why is None:
+            raise
+        print(f"nightrec {args.step}: error: {why}", file=sys.stderr)
+        return ENVIRONMENT_EXIT
     if result is not None:
         print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
@@ -95,7 +164,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
 
     settings = _settings(args)
     as_of = parse_date(getattr(args, "as_of", None))
-    run_id = getattr(args, "run_id", None) or pipeline.default_run_id(as_of)
+    run_id = safe_id(getattr(args, "run_id", None) or pipeline.default_run_id(as_of), "run_id")
     if args.step == "synth":
         from nightrec.synth import SynthConfig, generate
 
@@ -126,11 +195,11 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "score":
         from nightrec.score import score
 
-        return score(settings, snap, run_id, score_cfg)
+        return score(settings, snap, run_id, score_cfg, args.model_version)
     if args.step == "publish":
         from nightrec.publish import publish
 
-        return publish(settings, run_id, as_of)
+        return publish(settings, run_id, as_of, promote=args.promote)
     if args.step == "run":
         out = pipeline.run_all(
             settings,
@@ -139,6 +208,8 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             retrain=not args.no_retrain,
             train_cfg=TrainConfig(epochs=args.epochs),
             score_cfg=score_cfg,
+            promote=args.promote,
+            lock_wait_s=args.wait,
         )
         return {
             k: {"seconds": round(v["seconds"], 2), "result": v["result"]} for k, v in out.items()
@@ -154,7 +225,21 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "rollback":
         from nightrec.publish import rollback
 
-        return rollback(settings)
+        return rollback(settings, args.version)
+    if args.step == "promote":
+        from nightrec.registry import promote
+
+        moved = promote(settings.models_dir, args.version, force=args.force)
+        return {"version": args.version, "current": moved}
+    if args.step == "versions":
+        from nightrec.publish import live, versions
+
+        now = (live(settings) or {}).get("serving_id")
+        return [{"serving_id": v, "live": v == now} for v in versions(settings)]
+    if args.step == "prune":
+        from nightrec.retention import prune
+
+        return prune(settings)
     raise AssertionError(args.step)
 
 

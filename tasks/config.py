@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -37,11 +38,39 @@ def _sql_dir() -> Path:
 SQL_DIR = _sql_dir()
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:+-]{1,200}$")
+# Airflow's run id alphabet (``allowed_run_id_pattern``); ids are matched whole (fullmatch)
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.~:+-]{1,200}")
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MIN_DATE, MAX_DATE = dt.date(1970, 1, 1), dt.date(9998, 12, 31)
+DEFAULT_UMASK = "077"  # NIGHTREC_UMASK: state is owner-only unless the deployment says otherwise
 
 
 class ContractError(ValueError):
     """Input that breaks a data contract. Retrying cannot fix it."""
+
+
+def check_int(what: str, value: object, lo: int, hi: int) -> int:
+    """``value`` must be an int (not a bool) within ``lo..hi``; the configs' shared bounds check."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ContractError(f"{what} must be an integer within {lo}..{hi}, got {value!r}")
+    return value
+
+
+def check_number(what: str, value: object, lo: float, hi: float, lo_open: bool = False) -> float:
+    """``value`` must be a finite number within ``lo..hi`` (``lo`` excluded when ``lo_open``)."""
+    number = (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    )
+    if (
+        number is None
+        or not math.isfinite(number)
+        or not (lo < number if lo_open else lo <= number)
+        or not number <= hi
+    ):
+        bound = f"{'above ' if lo_open else ''}{lo}..{hi}"
+        raise ContractError(f"{what} must be a finite number within {bound}, got {value!r}")
+    return number
 
 
 def default_text_model() -> Path:
@@ -106,7 +135,7 @@ class Settings:
         return self.home / "snapshots" / as_of.isoformat()
 
     def scores_dir(self, run_id: str) -> Path:
-        return self.home / "scores" / safe_id(run_id, "run_id")
+        return self.home / "scores" / path_id(run_id, "run_id")
 
     def text_model_path(self) -> Path:
         path = self.text_model or default_text_model()
@@ -130,6 +159,23 @@ class TrainConfig:
     negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
     seed: int = 7
 
+    def __post_init__(self) -> None:
+        # bounds shared by the CLI, the DAG Params and the benchmark: a bad value fails here,
+        # before any work, instead of as a traceback (epochs 0) or a silent no-op
+        for name, lo, hi in (
+            ("dim", 1, 4096),
+            ("max_history", 1, 1000),
+            ("targets_per_user", 1, 10_000),
+            ("max_examples", 1, 100_000_000),
+            ("epochs", 1, 1000),
+            ("batch_size", 1, 65_536),
+            ("negatives", 0, 10_000_000),
+            ("seed", 0, 2**32 - 1),
+        ):
+            check_int(name, getattr(self, name), lo, hi)
+        check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0, 1.0)
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -139,10 +185,17 @@ class ScoreConfig:
     popular_window_days: int = 30
     num_shards: int = 1
     shard: int = 0
+    # cap on users x longest history in one call: the seen-items matrix is padded to the
+    # batch's longest history, so one user with 100k items must not widen 1023 others
+    max_exclude_cells: int = 4_194_304  # int64 cells (32 MB)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.top_n <= 1000:
-            raise ContractError(f"top_n must be within 1..1000, got {self.top_n}")
+        check_int("top_n", self.top_n, 1, 1000)
+        check_int("batch_size", self.batch_size, 1, 65_536)
+        check_int("popular_window_days", self.popular_window_days, 1, 36_500)
+        check_int("num_shards", self.num_shards, 1, 10_000)
+        check_int("shard", self.shard, 0, 9_999)
+        check_int("max_exclude_cells", self.max_exclude_cells, 1, 2**31 - 1)
         if self.provider not in ("auto", "cpu", "cuda"):
             raise ContractError(f"provider must be auto, cpu or cuda, got {self.provider!r}")
         if not 0 <= self.shard < self.num_shards:
@@ -154,20 +207,235 @@ class EmbedConfig:
     max_length: int = 64  # tokens of item text read by the encoder
     batch_size: int = 128
 
+    def __post_init__(self) -> None:
+        check_int("max_length", self.max_length, 1, 512)  # the encoder's position limit
+        check_int("batch_size", self.batch_size, 1, 65_536)
+
 
 def safe_id(value: str, what: str) -> str:
-    """Check an id that becomes part of a path (run ids, versions): no separators, no dots-only."""
-    if not _SAFE_ID.match(value) or set(value) <= {"."}:
-        raise ContractError(f"{what} {value!r} is not a safe identifier ([A-Za-z0-9_.:+-])")
-    return value.replace(":", "_").replace("+", "_")
+    """Check an id (run ids, versions): Airflow's alphabet ``[A-Za-z0-9_.~:+-]``, 1..200 long.
+
+    Returns the id unchanged. Where an id names a folder, use ``path_id``.
+    """
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or set(value) <= {"."}:
+        raise ContractError(
+            f"{what} {value!r} is not a safe identifier (1..200 of [A-Za-z0-9_.~:+-])"
+        )
+    return value
+
+
+def path_id(value: str, what: str) -> str:
+    """The folder name of an id: one name per id, and never a hidden or ``*.tmp`` name.
+
+    Everything but ``[A-Za-z0-9_-]`` is written ``%XX`` (its hex code): ``%`` is not in
+    the id alphabet, so two ids never share a folder (``a:b`` -> ``a%3Ab``, ``a+b`` ->
+    ``a%2Bb``), and Airflow's ``manual__2026-11-01T02:00:00+00:00`` stays one readable name.
+    """
+    safe_id(value, what)
+    name = "".join(c if c in _PLAIN else f"%{ord(c):02X}" for c in value)
+    if len(name) > 255:  # NAME_MAX
+        raise ContractError(f"{what} {value!r} is too long for a folder name once encoded")
+    return name
 
 
 def parse_date(value: str | dt.date | None) -> dt.date:
+    """A data date: ``YYYY-MM-DD`` exactly (the whole string), 1970-01-01..9998-12-31.
+
+    None is today (UTC). A datetime gives its date. Anything else is refused, including
+    ``'2026-11-01; rm -rf /'`` and ``2026-11-01T02:00``, which were once cut to 10 characters.
+    """
     if value is None:
         return dt.datetime.now(dt.UTC).date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(value[:10])
-    except ValueError as exc:
-        raise ContractError(f"as_of {value!r} is not an ISO date (YYYY-MM-DD)") from exc
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if not isinstance(value, dt.date):
+        if not isinstance(value, str) or not _DATE.fullmatch(value):
+            raise ContractError(f"as_of {value!r} is not a date of the form YYYY-MM-DD")
+        try:
+            value = dt.date.fromisoformat(value)
+        except ValueError as exc:
+            raise ContractError(f"as_of {value!r} is not a valid date: {exc}") from exc
+    if not MIN_DATE <= value <= MAX_DATE:
+        raise ContractError(
+            f"as_of {value.isoformat()} is outside {MIN_DATE.isoformat()}..{MAX_DATE.isoformat()}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------- permissions
+
+
+def _octal(name: str, raw: str) -> int:
+    if not re.fullmatch(r"0?[0-7]{3}", raw):
+        raise ContractError(f"{name} must be three octal digits such as 077 or 0640, got {raw!r}")
+    return int(raw, 8)
+
+
+def apply_umask() -> int:
+    """Set the process umask from ``NIGHTREC_UMASK`` (octal, default ``077``); returns it.
+
+    Called at every entry point (``nightrec`` CLI, the DAG task wrappers) before anything
+    is written: the warehouse keeps raw rejected rows, so state is owner-only unless the
+    deployment says otherwise. A mask that leaves files writable by everyone is refused.
+    """
+    raw = os.environ.get("NIGHTREC_UMASK", "").strip() or DEFAULT_UMASK
+    mask = _octal("NIGHTREC_UMASK", raw)
+    if not mask & 0o002:
+        raise ContractError(f"NIGHTREC_UMASK {raw} would make nightrec state writable by anyone")
+    os.umask(mask)
+    return mask
+
+
+def serving_mode() -> int | None:
+    """``NIGHTREC_SERVING_MODE``: file mode of serving output (e.g. ``0640``); None: the umask's."""
+    raw = os.environ.get("NIGHTREC_SERVING_MODE", "").strip()
+    if not raw:
+        return None
+    mode = _octal("NIGHTREC_SERVING_MODE", raw)
+    if mode & 0o600 != 0o600 or mode & 0o133:
+        raise ContractError(
+            f"NIGHTREC_SERVING_MODE {raw} must give the owner rw and others at most r "
+            "(e.g. 0640 for a readers' group, 0644 for everyone)"
+        )
+    return mode
+
+
+def share_serving(settings: Settings, path: Path) -> None:
+    """Open serving output (``path``: a file or a folder tree) to apps running as other users.
+
+    With ``NIGHTREC_SERVING_MODE`` set, files under ``path`` get that mode, folders the
+    same plus the matching x bits, and the folders above it up to the home only the x
+    bits (enough to reach serving output, not to list or read the warehouse, snapshots,
+    scores or models, which keep the umask's owner-only modes). No-op when unset.
+    """
+    mode = serving_mode()
+    if mode is None:
+        return
+    folder_mode = mode | (mode & 0o444) >> 2
+    found = [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]
+    for p in found:
+        if not p.is_symlink() and not p.name.endswith(".lock"):
+            os.chmod(p, folder_mode if p.is_dir() else mode)
+    traverse = (mode & 0o044) >> 2
+    parent = path.parent
+    while parent.is_relative_to(settings.home):
+        os.chmod(parent, parent.stat().st_mode & 0o7777 | traverse)
+        if parent == settings.home:
+            break
+        parent = parent.parent
+
+
+def check_as_of(as_of: dt.date, today: dt.date | None = None) -> dt.date:
+    """Refuse a data date after today (UTC): it would go live labelled with a future day."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    if as_of > today:
+        raise ContractError(
+            f"as_of {as_of.isoformat()} is after today ({today.isoformat()} UTC): "
+            "a run can only cover data that exists"
+        )
+    return as_of
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How much old state ``nightrec prune`` keeps (env ``NIGHTREC_KEEP_*`` overrides)."""
+
+    scores: int = 3  # newest score folders (a run's scores are needed only until publish)
+    snapshots: int = 3  # newest snapshot dates
+    models: int = 3  # newest model versions, besides current and those serving versions use
+    leftovers_age_s: int = 6 * 3600  # temporary files older than this belong to dead runs
+
+    @classmethod
+    def from_env(cls) -> RetentionConfig:
+        values = {}
+        for name in ("scores", "snapshots", "models"):
+            raw = os.environ.get(f"NIGHTREC_KEEP_{name.upper()}")
+            if raw is not None:
+                if not raw.isdigit() or int(raw) < 1:
+                    raise ContractError(f"NIGHTREC_KEEP_{name.upper()} must be >= 1, got {raw!r}")
+                values[name] = int(raw)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """What ingest accepts; a value outside these bounds rejects its row, naming the field.
+
+    Timestamps (``events.ts``, ``items.updated_at``, ``users.created_at``) must lie in
+    ``[min_ts, now + max_future]``. The floor, 1990-01-01, is older than any web-era
+    behaviour log (public datasets such as MovieLens start in 1995) and rejects the
+    sentinels upstream systems write for "unknown": ``epoch`` and 0 (1970-01-01),
+    1900-01-01, 0001-01-01. The ceiling allows a day of clock skew and time-zone error;
+    further ahead is a bug (milliseconds read as seconds give the year 2286 or beyond).
+    """
+
+    min_ts: dt.datetime = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+    max_future: dt.timedelta = dt.timedelta(days=1)
+    now: dt.datetime | None = None  # reference time of the ceiling; None: the run's start (UTC)
+    max_abs_value: float = 1e9  # events.value: finite and |value| <= this (ratings, weights)
+    max_id_length: int = 256  # user_id, item_id, event_id: 1..this characters, no control chars
+    max_text_length: int = 65_536  # title, description, category, brand, tags (characters)
+    max_record_bytes: int = 1_048_576  # longest CSV record / JSON line read (larger: rejected)
+    max_columns: int = 1_000  # a header wider than this is refused
+    chunk_rows: int = 50_000  # rows per batch when a file is read row by row in Python
+    chunk_bytes: int = 32 * 1_048_576  # ... or fewer, so a batch stays under this many bytes
+
+    def __post_init__(self) -> None:
+        if self.min_ts.tzinfo is None or (self.now is not None and self.now.tzinfo is None):
+            raise ContractError("IngestConfig min_ts and now must carry a time zone")
+        if not dt.timedelta(0) <= self.max_future <= dt.timedelta(days=3660):
+            raise ContractError(f"max_future must be within 0..3660 days, got {self.max_future}")
+        check_number("max_abs_value", self.max_abs_value, 0.0, 1e300, lo_open=True)
+        check_int("max_id_length", self.max_id_length, 1, 65_536)
+        check_int("max_text_length", self.max_text_length, 1, 16_777_216)
+        check_int("max_record_bytes", self.max_record_bytes, 1_024, 1_073_741_824)
+        check_int("max_columns", self.max_columns, 1, 100_000)
+        check_int("chunk_rows", self.chunk_rows, 1, 10_000_000)
+        check_int("chunk_bytes", self.chunk_bytes, 1_024, 1 << 40)
+
+    def ts_bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        """The valid timestamp range, ``(min_ts, now + max_future)``."""
+        now = self.now or dt.datetime.now(dt.UTC)
+        return self.min_ts, now + self.max_future
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``nightrec evaluate`` splits, ranks and measures, and the promotion gate's defaults."""
+
+    protocols: tuple[str, ...] = ("loo", "time")  # loo: each user's last items; time: a cut
+    ks: tuple[int, ...] = (10, 20, 50, 100)  # cut-offs; lists are ranked to the largest
+    time_test_days: int = 0  # time split: test = the last this many days; 0: use the share
+    time_test_share: float = 0.1  # ... else the latest this share of interactions (by first_ts);
+    # validation is the same span just before the test part
+    max_users: int = 50_000  # evaluated users per split (a seeded sample above); training: all
+    popular_window_days: int = 30  # popularity: distinct users in the days before the cut
+    knn_neighbors: int = 200  # item-kNN keeps this many most similar items per item
+    short_history: int = 3  # users with 1..this many training items: the short-history slice
+    batch_users: int = 512  # users ranked at once (the score matrix is batch x items)
+    seed: int = 7
+    gate_metric: str = "ndcg@10"  # the promotion gate's metric (slice all) ...
+    gate_split: str = "validation"  # ... on this part of every protocol evaluated
+    gate_tolerance: float = 0.02  # relative: how far below the live model's figure may pass
+
+    def __post_init__(self) -> None:
+        if not self.protocols or set(self.protocols) - {"loo", "time"}:
+            raise ContractError(f"protocols must be among loo, time; got {self.protocols!r}")
+        if not self.ks or any(check_int("k", k, 1, 1000) != k for k in self.ks):
+            raise ContractError(f"ks must be cut-offs within 1..1000, got {self.ks!r}")
+        check_int("time_test_days", self.time_test_days, 0, 36_500)
+        check_number("time_test_share", self.time_test_share, 0.0, 0.5, lo_open=True)
+        check_int("max_users", self.max_users, 1, 100_000_000)
+        check_int("popular_window_days", self.popular_window_days, 1, 36_500)
+        check_int("knn_neighbors", self.knn_neighbors, 1, 100_000)
+        check_int("short_history", self.short_history, 1, 1000)
+        check_int("batch_users", self.batch_users, 1, 65_536)
+        check_int("seed", self.seed, 0, 2**32 - 1)
+        if self.gate_split not in ("validation", "test"):
+            raise ContractError(f"gate_split must be validation or test, got {self.gate_split!r}")
+        name, _, k = self.gate_metric.partition("@")
+        if name not in ("hr", "ndcg", "mrr", "precision", "f1") or not k.isdigit():
+            raise ContractError(f"gate_metric must look like ndcg@10, got {self.gate_metric!r}")
+        if int(k) not in self.ks:
+            raise ContractError(f"gate_metric {self.gate_metric} needs {k} among ks {self.ks}")
+        check_number("gate_tolerance", self.gate_tolerance, 0.0, 1.0)

@@ -158,7 +158,7 @@ def path_literal(paths: Path | list[Path]) -> str:
     """
     items = paths if isinstance(paths, list) else [paths]
     for p in items:
-        if not _PATH_OK.match(str(p)):
+        if not _PATH_OK.fullmatch(str(p)):
             raise ValueError(f"path {str(p)!r} has characters not allowed in a view definition")
     quoted = [f"'{p}'" for p in items]
     return quoted[0] if not isinstance(paths, list) else "[" + ", ".join(quoted) + "]"

@@ -119,6 +119,34 @@ def histories(seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int
     return np.where(valid, seq[np.clip(idx, 0, None)], 0).astype(np.int64)
 
 
+def plan_batches(widths: np.ndarray, batch_size: int, max_cells: int) -> list[slice]:
+    """Consecutive scoring batches whose padded exclude matrix stays under ``max_cells``.
+
+    ``widths``: [n] seen items per user, in scoring order. ``padded_sets`` pads a batch to
+    its widest user, so the matrix has ``len(batch) * max(width, 1)`` cells; batches of
+    ``batch_size`` are split (greedily, keeping the order) where that exceeds ``max_cells``.
+    A user wider than ``max_cells`` gets a batch of its own: its whole history must be
+    excluded, so that is the floor. Results do not depend on the split (rows are scored
+    independently). Returns slices into ``widths``.
+    """
+    n = len(widths)
+    out: list[slice] = []
+    for lo in range(0, n, batch_size):
+        hi = min(lo + batch_size, n)
+        if (hi - lo) * max(int(widths[lo:hi].max()), 1) <= max_cells:
+            out.append(slice(lo, hi))
+            continue
+        start, width = lo, 1
+        for i in range(lo, hi):
+            wider = max(width, int(widths[i]))
+            if i > start and (i - start + 1) * wider > max_cells:
+                out.append(slice(start, i))
+                start, wider = i, max(int(widths[i]), 1)
+            width = wider
+        out.append(slice(start, hi))
+    return out
+
+
 def padded_sets(seq: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Left-aligned ``seq[s:e]`` for each (s, e), padded with 0 to the longest: [n, E]."""
     width = max(int((ends - starts).max(initial=0)), 1)

@@ -36,7 +36,7 @@ from pathlib import Path
 import polars as pl
 
 from nightrec import db
-from nightrec.config import ContractError, Settings, check_as_of, safe_id
+from nightrec.config import ContractError, Settings, check_as_of, safe_id, share_serving
 from nightrec.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ def _build_version(
             "copy recommendations to $path (format parquet)", {"path": str(tmp / RECS_PARQUET)}
         )
         rows, users = db.one(con, "select rows, users from serving_info")
-    items = settings.snapshot_dir(as_of) / "items.parquet"
+    snapshot_dir = Path(stats[0].get("snapshot") or settings.snapshot_dir(as_of))
+    check_coverage(stats, snapshot_dir, users)
+    items = snapshot_dir / "items.parquet"
     pl.read_parquet(items, columns=["item_id", "title", "category", "active"]).write_parquet(
         tmp / ITEMS_PARQUET
     )
@@ -167,6 +169,7 @@ def _build_version(
     info |= {"model_version": model_version, "rows": rows, "users": users}
     (tmp / "serving_info.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(tmp / f"{SERVING_DB}.tmp", ignore_errors=True)  # DuckDB spill folder
+    share_serving(settings, tmp)
     tmp.rename(final)
     return serving_id, rows, users
 
@@ -185,6 +188,7 @@ def publish(settings: Settings, run_id: str, as_of: dt.date, promote: bool = Fal
         if go_live:
             _go_live(settings, serving_id, run_id, as_of, model_version, "forced" * promote)
         else:
+            assert now is not None
             log.warning(
                 "publish: %s is for %s, older than the live %s (%s): published as %s, "
                 "not served (set promote to serve it)",
@@ -237,6 +241,7 @@ def _go_live(
         "live_since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     _write_atomic(serving / POINTER, json.dumps(pointer, indent=2))
+    share_serving(settings, serving / POINTER)
     link, tmp = serving / "current", serving / f".current.{os.getpid()}"
     if tmp.is_symlink():
         tmp.unlink()
@@ -244,6 +249,7 @@ def _go_live(
     os.replace(tmp, link)
     with (serving / HISTORY).open("a") as fh:
         fh.write(json.dumps({**pointer, "why": why or "publish"}) + "\n")
+    share_serving(settings, serving / HISTORY)
 
 
 def _history(settings: Settings) -> list[dict]:
@@ -251,6 +257,23 @@ def _history(settings: Settings) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _live_stack(settings: Settings) -> list[str]:
+    """The versions that were live, in order, with the ones stepped back from removed.
+
+    A publish or an explicit rollback to a version pushes it; a plain rollback pops the
+    top, so repeated rollbacks walk back one version at a time instead of toggling.
+    """
+    stack: list[str] = []
+    for entry in _history(settings):
+        target = entry["serving_id"]
+        if entry.get("why") == "rollback":
+            while stack and stack[-1] != target:
+                stack.pop()
+        if not stack or stack[-1] != target:
+            stack.append(target)
+    return stack
 
 
 def versions(settings: Settings) -> list[str]:
@@ -312,15 +335,9 @@ def build_catalog(settings: Settings) -> Path:
                 all_parquet=db.path_literal(all_parquet),
             )
         )
-    os.chmod(tmp, 0o644 & ~_umask())
+    share_serving(settings, tmp)
     os.replace(tmp, serving / SERVING_DB)
     return serving / SERVING_DB
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def record_run(
@@ -392,14 +409,13 @@ def rollback(settings: Settings, version: str | None = None) -> str:
         if now is None:
             raise ContractError(f"nothing published under {settings.serving}")
         kept = versions(settings)
+        step_back = version is None
         if version is None:
-            earlier = [
-                e["serving_id"]
-                for e in _history(settings)
-                if e["serving_id"] != now["serving_id"] and e["serving_id"] in kept
-            ]
+            earlier = [v for v in _live_stack(settings)[:-1] if v in kept]
             if not earlier:
-                raise ContractError(f"no earlier live version than {now['serving_id']} is kept")
+                raise ContractError(
+                    f"no serving version older than {now['serving_id']} to roll back to"
+                )
             version = earlier[-1]
         safe_id(version, "serving version")
         if version not in kept:
@@ -410,7 +426,8 @@ def rollback(settings: Settings, version: str | None = None) -> str:
             run_id, as_of, model = db.one(
                 con, "select run_id, as_of, model_version from serving_info"
             )
-        _go_live(settings, version, run_id, as_of, model, f"rollback from {now['serving_id']}")
+        why = "rollback" if step_back else f"rollback to {version}"
+        _go_live(settings, version, run_id, as_of, model, why)
         build_catalog(settings)
     log.info(
         "rollback: serving %s -> %s (run %s, as_of %s)", now["serving_id"], version, run_id, as_of

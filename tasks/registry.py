@@ -300,10 +300,14 @@ def promote(models_dir: Path, version: str, force: bool = False) -> bool:
         raise ContractError(f"cannot promote {version}: no such version in {models_dir}")
     link = models_dir / CURRENT
     with file_lock(models_dir / ".promote.lock"):
-        new_as_of = json.loads((target / MANIFEST).read_text()).get("as_of", "")
+        new_as_of = verify(target).get("as_of", "")
         if link.exists() and not force:
             live = link.resolve()
-            live_as_of = json.loads((live / MANIFEST).read_text()).get("as_of", "")
+            try:
+                live_as_of = verify(live).get("as_of", "")
+            except ContractError as exc:  # a corrupt live version must not block a good one
+                log.warning("promote: the live version fails verification (%s); replacing", exc)
+                live_as_of = ""
             if live.name != version and live_as_of > new_as_of:
                 log.info(
                     "promote: %s (as_of %s) is older than the live %s (as_of %s); "

@@ -166,6 +166,7 @@ def score(
     seconds = time.perf_counter() - started
     stats = {
         "run_id": run_id,
+        "snapshot": str(snapshot_dir.resolve()),
         "model_version": manifest["version"],
         "provider": provider,
         "users": users.len(),

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from nightrec.config import ContractError, check_int, check_number
+
 log = logging.getLogger(__name__)
 
 CATEGORIES: dict[str, tuple[list[str], list[str]]] = {
@@ -335,6 +337,18 @@ class SynthConfig:
     inactive_item_share: float = 0.02
     chunk_users: int = 100_000
     fmt: str = "csv"  # csv | parquet | jsonl
+
+    def __post_init__(self) -> None:
+        check_int("users", self.users, 1, 50_000_000)
+        check_int("items", self.items, 2, 5_000_000)
+        check_int("seed", self.seed, 0, 2**32 - 1)
+        check_int("days", self.days, 1, 3650)
+        check_int("chunk_users", self.chunk_users, 1, 10_000_000)
+        check_number("mean_items_per_user", self.mean_items_per_user, 0.0, 1000.0, lo_open=True)
+        for name in ("follow_prob", "cold_user_share", "inactive_item_share"):
+            check_number(name, getattr(self, name), 0.0, 1.0)
+        if self.fmt not in ("csv", "parquet", "jsonl"):
+            raise ContractError(f"unknown format {self.fmt!r}: use csv, parquet or jsonl")
 
 
 def make_items(cfg: SynthConfig, rng: np.random.Generator) -> tuple[pl.DataFrame, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -131,16 +132,26 @@ def test_registry_verify_detects_a_tampered_file(exported, tmp_path: Path) -> No
     copy = tmp_path / folder.name
     shutil.copytree(folder, copy)
     assert registry.verify(copy)["version"] == "v-parity"
+    registry.promote(tmp_path, folder.name)
     with (copy / "items.parquet").open("ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ContractError, match="checksum mismatch"):
         registry.verify(copy)
-    registry.promote(tmp_path, folder.name)
     with pytest.raises(ContractError):
         registry.current(tmp_path)  # the promoted version is checked on every read
+    with pytest.raises(ContractError, match="checksum mismatch"):
+        registry.promote(tmp_path, folder.name)  # and a corrupt version is never promoted
     (copy / "scorer.onnx").unlink()
     with pytest.raises(ContractError):
         registry.verify(copy)
+
+
+def copy_version(folder: Path, dest: Path) -> Path:
+    """A copy of a version folder as version ``dest.name``, sealed as an export would seal it."""
+    shutil.copytree(folder, dest)
+    manifest = json.loads((dest / registry.MANIFEST).read_text())
+    registry.write_manifest(dest, {**manifest, "version": dest.name})
+    return dest
 
 
 def test_registry_promote_and_current(exported, tmp_path: Path) -> None:
@@ -148,7 +159,7 @@ def test_registry_promote_and_current(exported, tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="no promoted model"):
         registry.current(tmp_path)
     for name in ("v1", "v2"):
-        shutil.copytree(folder, tmp_path / name)
+        copy_version(folder, tmp_path / name)
     registry.promote(tmp_path, "v1")
     assert registry.current(tmp_path) == (tmp_path / "v1").resolve()
     registry.promote(tmp_path, "v2")
