@@ -22,20 +22,10 @@ EVENTS = Asset("nightrec_events")
 
 
 def on_failure(context) -> None:
-    import logging
+    """One clear summary line in the log, and the deployment's notifier (if configured)."""
+    from nightrec.ops import report_failure
 
-    from nightrec.ops import failure_summary, notify
-
-    ti = context.get("task_instance") or context.get("ti")
-    summary = failure_summary(
-        "ingest_events",
-        getattr(ti, "task_id", None),
-        context.get("run_id", "?"),
-        getattr(ti, "try_number", None),
-        context.get("exception"),
-    )
-    logging.getLogger("nightrec.ops").error(summary["text"])
-    notify(summary)
+    report_failure(context)
 
 
 @dag(

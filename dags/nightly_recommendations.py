@@ -118,20 +118,9 @@ def _call(fn, *args, **kwargs):
 
 def on_failure(context) -> None:
     """One clear summary line in the log, and the deployment's notifier (if configured)."""
-    import logging
+    from nightrec.ops import report_failure
 
-    from nightrec.ops import failure_summary, notify
-
-    ti = context.get("task_instance") or context.get("ti")
-    summary = failure_summary(
-        context["dag"].dag_id if context.get("dag") else "?",
-        getattr(ti, "task_id", None),
-        context.get("run_id", "?"),
-        getattr(ti, "try_number", None),
-        context.get("exception"),
-    )
-    logging.getLogger("nightrec.ops").error(summary["text"])
-    notify(summary)
+    report_failure(context)
 
 
 DEFAULT_ARGS = {

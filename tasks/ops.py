@@ -60,6 +60,26 @@ def failure_summary(
     }
 
 
+def report_failure(context: Mapping[str, Any]) -> dict:
+    """An Airflow failure callback's body: log one summary line and call the notifier.
+
+    ``context`` is the task context Airflow passes to ``on_failure_callback``; read as a
+    plain mapping so this module stays free of Airflow imports.
+    """
+    ti = context.get("task_instance") or context.get("ti")
+    dag = context.get("dag")
+    summary = failure_summary(
+        getattr(dag, "dag_id", None) or getattr(ti, "dag_id", "?"),
+        getattr(ti, "task_id", None),
+        str(context.get("run_id", "?")),
+        getattr(ti, "try_number", None),
+        context.get("exception"),
+    )
+    log.error(summary["text"])
+    notify(summary)
+    return summary
+
+
 def notify(summary: dict) -> bool:
     """Send ``summary`` to the deployment's notifier; never raises.
 
