@@ -48,6 +48,8 @@ def on_failure(context) -> None:
 def ingest_events():
     @task(pool=WAREHOUSE_POOL, outlets=[EVENTS])
     def ingest() -> dict:
+        import logging
+
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from nightrec.config import ContractError, Settings, apply_umask
@@ -58,6 +60,15 @@ def ingest_events():
             totals = ingest(Settings.from_env()).totals
         except ContractError as exc:
             raise AirflowFailException(str(exc)) from exc
+        if totals.get("files_quarantined"):
+            from nightrec.ops import notify
+
+            text = (
+                f"nightrec ingest: {totals['files_quarantined']} landing file(s) quarantined; "
+                "see table quarantined_files (the other files loaded)"
+            )
+            logging.getLogger("nightrec.ops").warning(text)
+            notify({"text": text, "dag_id": "ingest_events", "totals": totals})
         if not totals["files_new"]:
             raise AirflowSkipException("no new landing files")
         return totals

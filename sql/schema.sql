@@ -47,11 +47,26 @@ create table if not exists rejected_rows (
     kind        varchar not null,
     source_file varchar not null,
     checksum    varchar not null,
-    row_number  bigint,                   -- 1-based data row (line = row + 1 for CSV with header)
+    row_number  bigint,                   -- 1-based record: CSV after the header, JSONL non-blank line
     field       varchar,
     reason      varchar not null,
     raw         varchar,                  -- the row as JSON, so nothing is lost
     rejected_at timestamptz not null
+);
+
+-- files ingest could not take whole (unreadable, malformed quoting, books that do not
+-- balance, ...): nothing of them is loaded. retry = false: skipped while the bytes are the
+-- same (a fixed file has a new checksum); true: a failure of the machine or of ingest
+-- itself, tried again on the next run. Delete a row to force a retry.
+create table if not exists quarantined_files (
+    kind           varchar not null,
+    checksum       varchar not null,
+    file_path      varchar not null,
+    reason         varchar not null,
+    retry          boolean not null,
+    attempts       integer not null,
+    quarantined_at timestamptz not null,
+    primary key (kind, checksum)
 );
 
 create table if not exists item_text_embeddings (
@@ -80,3 +95,20 @@ create table if not exists run_metrics (
 
 -- added after the first release: whether the run's serving version went live
 alter table runs add column if not exists served boolean;
+
+-- every figure of `nightrec evaluate`: one row per (run, protocol, split, model, metric,
+-- K, slice); a run's rows are replaced together (eval_metrics_delete + _insert)
+create table if not exists eval_metrics (
+    run_id        varchar not null,
+    as_of         date not null,          -- the snapshot's data date
+    model_version varchar,                -- the candidate this run trained (baselines too)
+    protocol      varchar not null,       -- loo | time
+    split         varchar not null,       -- validation | test
+    model         varchar not null,       -- nightrec | popular | item_knn | transition
+    metric        varchar not null,       -- hr ndcg mrr precision f1 coverage diversity novelty users
+    k             integer not null,       -- cut-off; 0 where the metric has none (users)
+    slice         varchar not null,       -- all | cold_item | cold_user | short_history
+    value         double,
+    evaluated_at  timestamptz not null,
+    primary key (run_id, protocol, split, model, metric, k, slice)
+);

@@ -71,6 +71,7 @@ def connect(path: Path, read_only: bool = False, schema: bool = True) -> duckdb.
     if not read_only and schema:  # the warehouse keeps raw rejected rows: owner-only always
         os.chmod(path, 0o600)
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set enable_progress_bar = false")  # no bars drawn into task logs
     con.execute("set memory_limit = $m", {"m": os.environ.get("NIGHTREC_DUCKDB_MEMORY", "4GB")})
     if not read_only and schema:
         con.execute(sql("schema"))

@@ -82,6 +82,8 @@ def test_good_rows_load_and_bad_rows_are_rejected_with_reasons(settings: Setting
         "loaded": 3 + GOOD_ROWS,
         "rejected": 1 + len(BAD),
         "duplicates": 0,
+        "files_quarantined": 0,
+        "files_refused": 0,
     }
     assert count(settings, "events") == GOOD_ROWS
     assert count(settings, "items") == 3
@@ -289,6 +291,8 @@ def test_jsonl_and_parquet_events_load_like_csv(tmp_path, fmt: str) -> None:
             "loaded": 4,
             "rejected": 0,
             "duplicates": 0,
+            "files_quarantined": 0,
+            "files_refused": 0,
         }
     )
     rows = _events_of(other)
