@@ -3,8 +3,10 @@
 
 Ingest new landing files into the DuckDB warehouse, cut a snapshot, embed item text with
 the pretrained encoder (cached), train a new encoder version and export it to ONNX
-(parity-checked), promote it, score every user with ONNX Runtime in `score_shards`
-mapped tasks, publish a new serving version, and prune old state.
+(parity-checked), evaluate its configuration against the baselines on held-out data,
+promote it only if it passes the gate (else the live model keeps serving), score every
+user with ONNX Runtime in `score_shards` mapped tasks, publish a new serving version,
+write the run's quality report (`reports/<run_id>/report.html`) and prune old state.
 
 **Where the tables are** (`NIGHTREC_HOME`, default `./var`): readers open
 `serving/serving.duckdb` (views `recommendations`, `items`, `serving_info`,
@@ -203,13 +205,30 @@ def nightly_recommendations():
             return _call(registry.current, settings.models_dir).name
         return _call(train, settings, Path(snapshot_dir), parse_date(plan["as_of"]))
 
-    @task
-    def promote_model(version: str, plan: dict) -> str:
-        from nightrec.config import Settings
-        from nightrec.registry import promote
+    @task(pool=WAREHOUSE_POOL, **GPU)
+    def evaluate(snapshot_dir: str, version: str, **context) -> dict | None:
+        """Held-out figures of the candidate's configuration and the baselines."""
+        from pathlib import Path
 
-        _call(promote, Settings.from_env().models_dir, version, plan["promote"])
-        return version
+        from nightrec.config import Settings
+        from nightrec.evaluate import evaluate
+
+        if not context["params"]["retrain"]:
+            return None  # no candidate: the live model keeps serving
+        settings = Settings.from_env()
+        return _call(evaluate, settings, Path(snapshot_dir), context["run_id"], version)
+
+    @task(pool=WAREHOUSE_POOL)
+    def gate(version: str, summary: dict | None, plan: dict, **context) -> str:
+        """Promote the candidate if it passed (or is forced); returns the version to score."""
+        from nightrec.config import Settings
+        from nightrec.promotion import decide
+
+        if not context["params"]["retrain"]:
+            return version
+        settings = Settings.from_env()
+        decision = _call(decide, settings, context["run_id"], version, summary, plan["promote"])
+        return decision.scored_with
 
     @task(**GPU)
     def score(shard: int, snapshot_dir: str, model_version: str, **context) -> dict:
@@ -238,6 +257,16 @@ def nightly_recommendations():
         as_of = parse_date(plan["as_of"])
         return _call(publish, settings, context["run_id"], as_of, plan["promote"])
 
+    @task(pool=WAREHOUSE_POOL)
+    def report(**context) -> str | None:
+        """The run's HTML quality report (reports/<run_id>/report.html)."""
+        from nightrec.config import Settings
+        from nightrec.report import write_report
+
+        if not context["params"]["retrain"]:
+            return None
+        return str(_call(write_report, Settings.from_env(), context["run_id"]))
+
     @task(retries=0)
     def housekeeping() -> dict:
         from nightrec.config import Settings
@@ -251,9 +280,9 @@ def nightly_recommendations():
     embedded = embed(snap)
     trained = train(snap, run)
     embedded >> trained
-    version = promote_model(trained, run)
+    version = gate(trained, evaluate(snap, trained), run)
     scored = score.partial(snapshot_dir=snap, model_version=version).expand(shard=shards())
-    publish(scored, run) >> housekeeping()
+    publish(scored, run) >> [report(), housekeeping()]
 
 
 nightly_recommendations()

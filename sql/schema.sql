@@ -112,3 +112,16 @@ create table if not exists eval_metrics (
     evaluated_at  timestamptz not null,
     primary key (run_id, protocol, split, model, metric, k, slice)
 );
+
+-- the promotion gate's decision per run: which candidate, what was live, why
+create table if not exists gate_decisions (
+    run_id       varchar primary key,
+    candidate    varchar not null,        -- the model version this run trained
+    live_before  varchar,                 -- models/current when the gate ran (null: none)
+    passed       boolean not null,        -- beat the baselines and the live model's figure
+    forced       boolean not null,        -- the promote Param
+    promoted     boolean not null,        -- models/current now points at the candidate
+    scored_with  varchar not null,        -- the version this run scores (candidate or live)
+    reason       varchar not null,
+    decided_at   timestamptz not null
+);

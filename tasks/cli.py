@@ -26,6 +26,7 @@ STEPS = """steps (in nightly order):
   snapshot  cut the warehouse at a date into Parquet
   embed     embed item text with the pretrained encoder (cached by text hash)
   train     train the encoder, export to ONNX, check parity (a new model version)
+  evaluate  held-out figures of the configuration and the baselines (eval_metrics)
   promote   make a model version current (only forward in data time unless --force)
   score     score every user with ONNX Runtime (top-N, unseen, active items)
   publish   build a serving version; it goes live unless older than the live one
@@ -33,6 +34,7 @@ STEPS = """steps (in nightly order):
   recs      show a user's published recommendations
   rollback  serve the previous (or a named) serving version
   versions  list serving versions and which one is live
+  report    the HTML quality report of a run (reports/<run_id>/report.html)
   prune     remove old scores, snapshots, models and stale temporary files
 """
 
@@ -100,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ingest", help="load landing files")
     p.add_argument("--landing", type=Path, help="landing folder (default <home>/landing)")
 
-    for name in ("snapshot", "embed", "train", "score", "publish", "run"):
+    for name in ("snapshot", "embed", "train", "evaluate", "score", "publish", "run"):
         p = sub.add_parser(name, help=f"{name} step")
         p.add_argument("--as-of", help="last day of data, YYYY-MM-DD (default today, UTC)")
-        if name in ("score", "publish", "run"):
+        if name in ("evaluate", "score", "publish", "run"):
             p.add_argument("--run-id", help="run id (default manual__<as_of>)")
+        if name == "evaluate":
+            p.add_argument("--model-version", help="label of the figures (default: none)")
         if name in ("publish", "run"):
             p.add_argument(
                 "--promote",
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--top-n", type=int, default=ScoreConfig.top_n)
             p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
             p.add_argument("--batch-size", type=int, default=ScoreConfig.batch_size)
-        if name in ("train", "run"):
+        if name in ("train", "evaluate", "run"):
             p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
         if name == "run":
             p.add_argument("--no-retrain", action="store_true", help="score with the current model")
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rollback", help="serve the previous (or a named) published version")
     p.add_argument("--version", help="serving version id (see `nightrec versions`)")
     sub.add_parser("versions", help="list serving versions")
+    p = sub.add_parser("report", help="write the HTML quality report of a run")
+    p.add_argument("--run-id", required=True, help="a run that was evaluated")
     sub.add_parser("prune", help="apply retention to scores, snapshots, models, leftovers")
 
     args = parser.parse_args(argv)
@@ -187,6 +193,10 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
         from nightrec.train import train
 
         return train(settings, snap, as_of, TrainConfig(epochs=args.epochs))
+    if args.step == "evaluate":
+        from nightrec.evaluate import evaluate
+
+        return evaluate(settings, snap, run_id, args.model_version, TrainConfig(epochs=args.epochs))
     score_cfg = ScoreConfig()
     if args.step in ("score", "run"):
         score_cfg = ScoreConfig(
@@ -231,6 +241,10 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
 
         moved = promote(settings.models_dir, args.version, force=args.force)
         return {"version": args.version, "current": moved}
+    if args.step == "report":
+        from nightrec.report import write_report
+
+        return str(write_report(settings, args.run_id))
     if args.step == "versions":
         from nightrec.publish import live, versions
 

@@ -27,13 +27,26 @@ def run_all(
     promote: bool = False,
     lock_wait_s: float = 0.0,
 ) -> dict[str, dict]:
-    """ingest -> snapshot -> embed -> train -> promote -> score -> publish; results and seconds.
+    """ingest -> snapshot -> embed -> train -> evaluate -> gate -> score -> publish -> report.
+
+    Returns each step's result and seconds.
 
     One run at a time per home: a second ``run`` waits ``lock_wait_s`` for the first, then
     refuses with a message naming it. ``promote`` forces this run's model and serving
     version live even when its date is older than the live one.
     """
-    from nightrec import embed, ingest, publish, registry, score, snapshot, train
+    from nightrec import (
+        embed,
+        evaluate,
+        ingest,
+        promotion,
+        publish,
+        registry,
+        report,
+        score,
+        snapshot,
+        train,
+    )
     from nightrec.locks import file_lock
 
     check_as_of(as_of)
@@ -51,10 +64,18 @@ def run_all(
         snap = step("snapshot", snapshot.snapshot, settings, as_of)
         step("embed", embed.embed, settings, snap)
         if retrain:
-            version = step("train", train.train, settings, snap, as_of, train_cfg)
-            step("promote", registry.promote, settings.models_dir, version, promote)
+            candidate = step("train", train.train, settings, snap, as_of, train_cfg)
+            summary = step(
+                "evaluate", evaluate.evaluate, settings, snap, run_id, candidate, train_cfg
+            )
+            decision = step(
+                "gate", promotion.decide, settings, run_id, candidate, summary, promote
+            )
+            version = decision.scored_with
         else:
             version = step("train", lambda: registry.current(settings.models_dir).name)
         step("score", score.score, settings, snap, run_id, score_cfg, version)
         step("publish", publish.publish, settings, run_id, as_of, promote)
+        if retrain:
+            step("report", lambda: str(report.write_report(settings, run_id)))
     return out

@@ -45,27 +45,20 @@ def test_dag_folder_imports_cleanly(dagbag):
 def test_tasks_edges_retries_and_pools(dagbag):
     dag = dagbag.get_dag(DAG_ID)
     assert set(dag.task_ids) == {
-        "plan",
-        "ingest",
-        "snapshot",
-        "embed",
-        "train",
-        "promote_model",
-        "score",
-        "publish",
-        "housekeeping",
-        "shards",
-    }
+        "plan", "shards", "ingest", "snapshot", "embed", "train", "evaluate", "gate", "score",
+        "publish", "report", "housekeeping",
+    }  # fmt: skip
     down = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
-    assert down["plan"] == {"ingest", "snapshot", "train", "promote_model", "publish"}
+    assert down["plan"] == {"ingest", "snapshot", "train", "gate", "publish"}
     assert down["ingest"] == {"snapshot"}
-    assert down["snapshot"] == {"embed", "train", "score"}
+    assert down["snapshot"] == {"embed", "train", "evaluate", "score"}
     assert down["embed"] == {"train"}
-    assert down["train"] == {"promote_model"}
-    assert down["promote_model"] == {"score"}
+    assert down["train"] == {"evaluate", "gate"}
+    assert down["evaluate"] == {"gate"}
+    assert down["gate"] == {"score"}
     assert down["shards"] == {"score"}
     assert down["score"] == {"publish"}
-    assert down["publish"] == {"housekeeping"}
+    assert down["publish"] == {"report", "housekeeping"}
     assert dag.catchup is False
     for t in dag.tasks:
         assert t.execution_timeout is not None, t.task_id
@@ -77,7 +70,7 @@ def test_tasks_edges_retries_and_pools(dagbag):
             assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
     # every task that opens the warehouse file, snapshot included, shares the one-slot pool
     writers = {t.task_id for t in dag.tasks if t.pool == "nightrec_warehouse"}
-    assert writers == {"ingest", "snapshot", "embed", "publish"}
+    assert writers == {"ingest", "snapshot", "embed", "evaluate", "gate", "publish", "report"}
     assert set(dag.params.keys()) == {
         "top_n",
         "retrain",

@@ -356,7 +356,9 @@ def test_a_renamed_or_copied_version_is_refused(version_copy: Path) -> None:
     shutil.copytree(version_copy, other)
     with pytest.raises(ContractError, match="not for this folder"):
         registry.verify(other)
-    registry.promote(other.parent, other.name)
+    with pytest.raises(ContractError, match="not for this folder"):
+        registry.promote(other.parent, other.name)  # never promoted
+    (other.parent / "current").symlink_to("v-newer")  # a pointer moved by hand
     with pytest.raises(ContractError, match="not for this folder"):
         registry.load_current(other.parent)  # scoring would refuse it
 

@@ -1,0 +1,327 @@
+"""Evaluate a training config against baselines on held-out splits; the promotion gate.
+
+For every protocol (``splits``) and part (validation, test), the candidate encoder is
+trained with the given ``TrainConfig`` on the part's training data only (the exported
+model, trained on everything, is never evaluated: it has seen the targets) and ranks
+every item for each evaluated user with PyTorch, masked as production scores: padding,
+inactive items and the user's own items never ranked, popularity for users without
+training items. The baselines (``baselines``) rank the same users on the same split.
+
+Every figure becomes a row of ``eval_metrics`` (``eval_store``), and the run's
+``reports/<run_id>/evaluation.json`` holds the summary and the split counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from nightrec import baselines, eval_store, metrics, splits
+from nightrec.config import ContractError, EvalConfig, Settings, TrainConfig, safe_id
+from nightrec.embed import load_embeddings
+from nightrec.train import Sequences, fit, load_catalog, training_examples
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = eval_store.CANDIDATE
+SLICES = ("all", "cold_item", "cold_user", "short_history")
+
+
+class Candidate:
+    """An encoder scoring a split's users with PyTorch: the user's last ``max_history``
+    training items in, a score for every item index out."""
+
+    name = CANDIDATE
+
+    def __init__(self, model, seqs: Sequences, max_history: int) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self.items = model.item_vectors()  # [M + 1, dim]
+        self.model, self.seqs, self.max_history = model, seqs, max_history
+        self.examples = 0
+
+    @classmethod
+    def fit(cls, split: splits.Split, text: np.ndarray, cfg: TrainConfig) -> Candidate:
+        """Train with ``cfg`` on the split's training part only (``train.fit``)."""
+        hist, target = training_examples(split.train, cfg)
+        if len(target) == 0:
+            log.warning("evaluate: no user has 2+ training items: the candidate is untrained")
+        model, _ = fit(text, hist, target, cfg)
+        out = cls(model, split.train, cfg.max_history)
+        out.examples = len(target)
+        return out
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        import torch
+
+        from nightrec.model import histories
+
+        s = self.seqs
+        hist = histories(s.seq, s.starts[rows], s.ends[rows], self.max_history)  # [B, L]
+        with torch.inference_mode():
+            users = self.model.user_vectors(torch.from_numpy(hist), self.items)  # [B, dim]
+            return (users @ self.items.T).numpy()  # [B, M + 1]
+
+
+def slice_masks(split: splits.Split, item_users: np.ndarray, short: int) -> dict[str, np.ndarray]:
+    """[n] bool per slice: all; targets without training interactions; users without
+    training items; users with 1..``short`` training items."""
+    lengths = split.history_lengths()
+    return {
+        "all": np.ones(len(split.users), dtype=bool),
+        "cold_item": item_users[split.target] == 0,
+        "cold_user": lengths == 0,
+        "short_history": (lengths >= 1) & (lengths <= short),
+    }
+
+
+def evaluate_split(
+    split: splits.Split,
+    text: np.ndarray,
+    active: np.ndarray,
+    cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    candidate: baselines.Ranker | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rank with the candidate and the baselines; (figure rows without run columns, counts).
+
+    ``candidate`` None: an encoder trained with ``cfg`` on the split's training part.
+    """
+    n_index = len(active)
+    bias = np.where(active, 0.0, -np.inf).astype(np.float32)  # [M + 1]; padding is inactive
+    pop = baselines.popularity(split, n_index, eval_cfg.popular_window_days)
+    item_users = np.bincount(split.train.seq, minlength=n_index)  # [M + 1]
+    vectors = metrics.normalise(np.vstack([np.zeros((1, text.shape[1]), np.float32), text]))
+    masks = slice_masks(split, item_users, eval_cfg.short_history)
+    k = max(eval_cfg.ks)
+    counts: dict[str, Any] = {
+        "users": len(split.users),
+        "users_with_target": split.sampled_from,
+        "train_users": len(split.train.user_ids),
+        "train_items": len(split.train.seq),
+        "inactive_targets": split.inactive_targets,
+        **{f"users_{name}": int(m.sum()) for name, m in masks.items() if name != "all"},
+        "seconds": {},
+    }
+    rows: list[dict[str, Any]] = []
+    rankers: list[baselines.Ranker] = []
+    if len(split.users):
+        if candidate is None:
+            t = time.perf_counter()
+            fitted = Candidate.fit(split, text, cfg)
+            counts["train_examples"] = fitted.examples
+            counts["seconds"]["fit"] = round(time.perf_counter() - t, 2)
+            candidate = fitted
+        rankers = [
+            candidate,
+            baselines.Popular(pop),
+            baselines.ItemKNN(split, pop, eval_cfg.knn_neighbors),
+            baselines.Transition(split, pop),
+        ]
+    for ranker in rankers:
+        t = time.perf_counter()
+        lists = baselines.rank(ranker, split, bias, pop, k, eval_cfg.batch_users)
+        figures = metrics.compute(
+            lists,
+            split.target,
+            eval_cfg.ks,
+            vectors,
+            item_users,
+            len(split.train.user_ids),
+            int(active.sum()),
+            masks,
+        )
+        for name, mask in masks.items():
+            rows.append(_row(ranker.name, "users", 0, name, float(mask.sum())))
+            rows += [
+                _row(ranker.name, m, kk, name, v) for (m, kk), v in figures.get(name, {}).items()
+            ]
+        counts["seconds"][ranker.name] = round(time.perf_counter() - t, 2)
+    return rows, counts
+
+
+def _row(model: str, metric: str, k: int, slice_: str, value: float) -> dict[str, Any]:
+    return {"model": model, "metric": metric, "k": k, "slice": slice_, "value": value}
+
+
+def evaluate(
+    settings: Settings,
+    snapshot_dir: Path,
+    run_id: str,
+    model_version: str | None,
+    cfg: TrainConfig = TrainConfig(),
+    eval_cfg: EvalConfig | None = None,
+) -> eval_store.Summary:
+    """Evaluate ``cfg`` and the baselines on every configured protocol; record the figures.
+
+    Writes the run's ``eval_metrics`` rows (replacing earlier ones of ``run_id``) and
+    ``reports/<run_id>/evaluation.json``. Returns the summary (slice ``all``):
+    ``{protocol: {split: {model: {"ndcg@10": .., "hr@10": .., "users": ..}}}}``.
+    ``model_version`` labels the rows: the version trained with ``cfg`` on this snapshot.
+    ``eval_cfg`` None: ``EvalConfig()``.
+    """
+    started = time.perf_counter()
+    eval_cfg = eval_cfg or EvalConfig()
+    safe_id(run_id, "run_id")
+    if model_version is not None:
+        safe_id(model_version, "model_version")
+    evaluated_at = dt.datetime.now(dt.UTC)
+    as_of = _as_of(snapshot_dir)
+    catalog = load_catalog(snapshot_dir)
+    text = load_embeddings(snapshot_dir)  # [M, T], rows in catalog order
+    if text.shape[0] != catalog.height:
+        raise ContractError(
+            f"{snapshot_dir}: {text.shape[0]} text embeddings for {catalog.height} items: "
+            "run `nightrec embed` for this snapshot again"
+        )
+    active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])  # [M + 1]
+    inter = splits.load_interactions(snapshot_dir, catalog)
+    frames, details = [], {}
+    for protocol in eval_cfg.protocols:
+        for part in splits.PARTS:
+            split = splits.make_split(inter, active, protocol, part, eval_cfg)
+            rows, counts = evaluate_split(split, text, active, cfg, eval_cfg)
+            details[f"{protocol}/{part}"] = counts
+            if rows:
+                frames.append(
+                    pl.DataFrame(rows).with_columns(
+                        pl.lit(protocol).alias("protocol"), pl.lit(part).alias("split")
+                    )
+                )
+        _log_protocol(protocol, frames, details)
+    base = pl.DataFrame(
+        schema={"model": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "slice": pl.Utf8}
+        | {"value": pl.Float64, "protocol": pl.Utf8, "split": pl.Utf8}
+    )
+    table = (
+        pl.concat([base, *frames], how="vertical_relaxed")
+        .with_columns(
+            pl.lit(run_id).alias("run_id"),
+            pl.lit(as_of).alias("as_of"),
+            pl.lit(model_version, dtype=pl.Utf8).alias("model_version"),
+            pl.lit(evaluated_at).alias("evaluated_at"),
+        )
+        .filter(pl.col("value").is_not_nan())
+    )  # undefined figures (diversity@1) are left out
+    written = eval_store.write_rows(settings, run_id, table.select(eval_store.COLUMNS))
+    summary = eval_store.summarize(table)
+    out = eval_store.reports_dir(settings, run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "model_version": model_version,
+        "snapshot": str(snapshot_dir),
+        "evaluated_at": evaluated_at.isoformat(),
+        "train_config": dataclasses.asdict(cfg),
+        "eval_config": dataclasses.asdict(eval_cfg),
+        "splits": details,
+        "summary": summary,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    tmp = out / "evaluation.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=_jsonable))
+    tmp.replace(out / "evaluation.json")
+    log.info(
+        "evaluate: run %s, %d figures written in %.1fs -> %s",
+        run_id,
+        written,
+        time.perf_counter() - started,
+        out / "evaluation.json",
+    )
+    return summary
+
+
+def _as_of(snapshot_dir: Path) -> dt.date:
+    meta = snapshot_dir / "snapshot.json"
+    if meta.is_file():
+        return dt.date.fromisoformat(json.loads(meta.read_text())["as_of"])
+    try:
+        return dt.date.fromisoformat(snapshot_dir.name)
+    except ValueError as exc:
+        raise ContractError(
+            f"{snapshot_dir} has no snapshot.json and is not named by date"
+        ) from exc
+
+
+def _jsonable(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def _log_protocol(protocol: str, frames: list[pl.DataFrame], details: dict) -> None:
+    """One INFO line: test HR@10 / NDCG@10 of every model, and the split's counts."""
+    mine = [f for f in frames if f["protocol"][0] == protocol]
+    test = details.get(f"{protocol}/test", {})
+    if not mine:
+        log.info("evaluate %s: no evaluated users (%s)", protocol, test)
+        return
+    rows = pl.concat(mine).filter(
+        (pl.col("slice") == "all") & (pl.col("k") == 10) & (pl.col("split") == "test")
+    )
+    parts = []
+    for model in (CANDIDATE, "popular", "item_knn", "transition"):
+        got = {r["metric"]: r["value"] for r in rows.filter(model=model).iter_rows(named=True)}
+        if got:
+            parts.append(f"{model} {got.get('hr', math.nan):.4f}/{got.get('ndcg', math.nan):.4f}")
+    log.info(
+        "evaluate %s test HR@10/NDCG@10: %s; %d users (%d cold users, %d cold items), "
+        "%d training items; fit %.1fs",
+        protocol,
+        ", ".join(parts) or "none at K=10",
+        test.get("users", 0),
+        test.get("users_cold_user", 0),
+        test.get("users_cold_item", 0),
+        test.get("train_items", 0),
+        test.get("seconds", {}).get("fit", 0.0),
+    )
+
+
+def gate(
+    summary: eval_store.Summary,
+    live: eval_store.Summary | None,
+    metric: str = "ndcg@10",
+    split: str = "validation",
+    tolerance: float = 0.02,
+) -> tuple[bool, str]:
+    """Whether the candidate may be promoted, and why (one line).
+
+    It must beat every baseline on ``metric`` (``split`` part, slice all) in every
+    protocol of ``summary``, and be no worse than ``live``'s recorded figure by more
+    than ``tolerance`` (relative) in every protocol both have. ``live`` None: nothing to
+    compare against (first model, or the live one was never evaluated).
+    """
+    reasons, passed = [], []
+    for protocol, parts in sorted(summary.items()):
+        models = parts.get(split, {})
+        mine = models.get(CANDIDATE, {}).get(metric)
+        if mine is None or math.isnan(mine):
+            reasons.append(f"{protocol}: no {split} {metric} for the candidate")
+            continue
+        for name, figures in sorted(models.items()):
+            theirs = figures.get(metric)
+            if name != CANDIDATE and theirs is not None and not mine > theirs:
+                reasons.append(f"{protocol}: {metric} {mine:.4f} does not beat {name} {theirs:.4f}")
+        old = ((live or {}).get(protocol, {}).get(split, {}).get(CANDIDATE, {})).get(metric)
+        if old is not None and mine < old * (1.0 - tolerance):
+            reasons.append(
+                f"{protocol}: {metric} {mine:.4f} is below the live model's {old:.4f} "
+                f"by more than {tolerance:.0%}"
+            )
+        passed.append(
+            f"{protocol} {metric} {mine:.4f}" + (f" (live {old:.4f})" if old is not None else "")
+        )
+    if not summary:
+        reasons.append("nothing was evaluated")
+    if reasons:
+        return False, "; ".join(reasons)
+    return True, f"beats every baseline on {split}: " + ", ".join(passed)
