@@ -314,6 +314,8 @@ def build_catalog(settings: Settings) -> Path:
     with db.connect(settings.warehouse, read_only=True) as wh:
         runs = db.frame(wh, "select * from runs order by as_of, run_id")
         metrics = db.frame(wh, "select * from run_metrics order by run_id, step, metric")
+        quality = db.frame(wh, "select * from eval_metrics order by as_of, run_id")
+        gates = db.frame(wh, "select * from gate_decisions order by decided_at")
     info = []
     for v in kept:
         with db.connect(serving / "versions" / v / SERVING_DB, read_only=True) as con:
@@ -323,6 +325,8 @@ def build_catalog(settings: Settings) -> Path:
         for name, frame in (
             ("runs", runs),
             ("run_metrics", metrics),
+            ("eval_metrics", quality),
+            ("gate_decisions", gates),
             ("serving_versions", pl.concat(info)),
         ):
             con.register("frame", frame)
