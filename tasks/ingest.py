@@ -215,7 +215,10 @@ def _stops_the_run(exc: BaseException) -> bool:
 
     Only I/O errors count: the text of any other error may quote the file's content.
     """
-    if not isinstance(exc, OSError | duckdb.IOException):
+    # DuckDB reports a failed write of its own files as an I/O, fatal or commit error
+    if not isinstance(
+        exc, OSError | duckdb.IOException | duckdb.FatalException | duckdb.TransactionException
+    ):
         return False
     found = errors.classify(exc)
     return found is not None and found[0] in _STOP
