@@ -126,3 +126,14 @@ def live_summary(settings: Settings, model_version: str | None = None) -> Summar
     if found is None or found.height == 0:
         return None
     return summarize(found.with_columns(pl.lit("all").alias("slice")))
+
+
+def latest_run_of(settings: Settings, model_version: str) -> str | None:
+    """The run that most recently evaluated ``model_version``, or None."""
+    found = _read(
+        settings,
+        "select run_id from eval_metrics where model_version = $v "
+        "order by evaluated_at desc, run_id desc limit 1",
+        {"v": model_version},
+    )
+    return None if found is None or found.height == 0 else str(found["run_id"][0])

@@ -318,6 +318,22 @@ def test_evaluate_writes_rows_once_per_run(settings: Settings, evaluated, caplog
     assert eval_store.live_summary(settings) is None  # nothing promoted
 
 
+def test_a_version_evaluated_before_is_not_fitted_again(settings: Settings, evaluated, caplog):
+    """Same version id (snapshot + config + encoder) and same evaluation config: the figures
+    are copied to the new run; a different evaluation config evaluates anew."""
+    cfg = EvalConfig(ks=(1, 10), time_test_days=1)
+    with caplog.at_level("INFO", logger="nightrec.evaluate"):
+        again = evaluate.evaluate(settings, evaluated["snapshot"], "run-2", "v1", TINY, cfg)
+    assert again == evaluated["summary"]
+    assert any("figures reused" in r.getMessage() for r in caplog.records)
+    first, second = (eval_store.run_rows(settings, r).drop("run_id") for r in ("run-1", "run-2"))
+    assert first.equals(second)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nightrec.evaluate"):
+        evaluate.evaluate(settings, evaluated["snapshot"], "run-3", "v1", TINY, EvalConfig())
+    assert not any("figures reused" in r.getMessage() for r in caplog.records)
+
+
 def _summary(**figures: float) -> eval_store.Summary:
     return {"loo": {"validation": {m: {"ndcg@10": v} for m, v in figures.items()}}}
 
