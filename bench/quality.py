@@ -13,6 +13,7 @@ printed too. Nothing is tuned on the held-out items.
 
     python bench/quality.py --home /tmp/nightrec-quality     # reuse: embeddings cached
     python bench/quality.py --only synth --synth-users 5000 --synth-items 1000
+    python bench/quality.py --only ties      # synthetic, day-level timestamp ties, ratings
 """
 
 from __future__ import annotations
@@ -89,8 +90,13 @@ def beauty_landing(landing: Path, data: Path, cold_share: float = 0.0) -> Path:
     return heldout
 
 
-def synth_landing(landing: Path, users: int, items: int) -> Path:
-    """Synthetic landing files minus each user's last item (all its events)."""
+def synth_landing(landing: Path, users: int, items: int, ties: bool = False) -> Path:
+    """Synthetic landing files minus each user's last item (all its events).
+
+    ``ties``: timestamps floored to the day (a user's events of a day tie) and a rating
+    event (value 1..5) after every purchase. The last item is the last in history order
+    (first timestamp, then item_id), as the snapshot orders ties.
+    """
     import polars as pl
 
     from nightrec import synth
@@ -99,7 +105,8 @@ def synth_landing(landing: Path, users: int, items: int) -> Path:
     if heldout.is_file():
         return heldout
     raw = landing.parent / "synth-raw"
-    synth.generate(synth.SynthConfig(users=users, items=items, end=AS_OF), raw)
+    opts = {"tick_seconds": 86_400, "ratings": True} if ties else {}
+    synth.generate(synth.SynthConfig(users=users, items=items, end=AS_OF, **opts), raw)
     events = pl.concat([pl.read_csv(p, infer_schema=False) for p in sorted(raw.glob("events/*"))])
     first = events.group_by("user_id", "item_id").agg(pl.col("ts").min().alias("first"))
     last = first.sort("user_id", "first", "item_id").group_by("user_id").last()
@@ -230,12 +237,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--home", type=Path, default=Path("/tmp/nightrec-quality"))
     ap.add_argument("--data", type=Path, default=BEAUTY)
-    ap.add_argument("--only", choices=("beauty", "synth", "none"))
+    ap.add_argument("--only", choices=("beauty", "synth", "ties", "none"))
     ap.add_argument("--synth-users", type=int, default=5000)
     ap.add_argument("--synth-items", type=int, default=1000)
     ap.add_argument("--no-evaluate", action="store_true", help="held-out figures only")
     ap.add_argument("--tables", action="store_true", help="print the last run's tables again")
-    ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    ap.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="at most")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads: on a shared 2-core host, 2 threads spin-wait when another "
+        "process is busy (an epoch took 3x longer than on 1 thread)",
+    )
     ap.add_argument(
         "--cold-share",
         type=float,
@@ -247,6 +261,9 @@ def main() -> None:
     for noisy in ("nightrec.ingest", "nightrec.landing"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     cfg = TrainConfig(epochs=args.epochs)
     eval_cfg = EvalConfig()
     results = {}
@@ -266,6 +283,12 @@ def main() -> None:
         home = args.home / f"synth-{args.synth_users}x{args.synth_items}"
         heldout = synth_landing(home / "landing", args.synth_users, args.synth_items)
         results["synth"] = run("synth", home, heldout, cfg, eval_cfg, not args.no_evaluate)
+    if args.only in (None, "ties"):  # day-level timestamps (many ties) and ratings
+        home = args.home / f"synth-ties-{args.synth_users}x{args.synth_items}"
+        heldout = synth_landing(home / "landing", args.synth_users, args.synth_items, ties=True)
+        results["synth-ties"] = run(
+            "synth-ties", home, heldout, cfg, eval_cfg, not args.no_evaluate
+        )
     if not args.tables:
         (args.home / "quality.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n".join(report(name, r) for name, r in results.items() if "cold" not in name))

@@ -150,12 +150,18 @@ class TrainConfig:
 
     dim: int = 64  # width of user and item vectors
     max_history: int = 20  # most recent items a user vector reads
-    targets_per_user: int = 8  # next-item targets taken from the end of each history
-    max_examples: int = 400_000  # cap on training examples (most recent kept)
-    epochs: int = 4
+    targets_per_user: int = 0  # next-item targets from the end of each history; 0: every position
+    max_examples: int = 2_000_000  # cap on training examples (a seeded sample above it)
+    epochs: int = 40  # at most; early stopping (below) usually ends training sooner
+    patience: int = 2  # stop after this many epochs without a better validation NDCG@10; 0: off
+    valid_share: float = 0.05  # examples held out of training to choose the epoch ...
+    max_valid: int = 10_000  # ... at most this many (validation is ranked over the catalog)
+    min_valid: int = 50  # fewer held-out examples than this: no early stopping, all epochs
+    max_train_seconds: float = 300.0  # time budget of one fit: no epoch starts that would end later
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-6
+    id_dropout: float = 0.2  # chance an item's id part is dropped in a step: text must carry it
     negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
     seed: int = 7
 
@@ -165,15 +171,21 @@ class TrainConfig:
         for name, lo, hi in (
             ("dim", 1, 4096),
             ("max_history", 1, 1000),
-            ("targets_per_user", 1, 10_000),
+            ("targets_per_user", 0, 10_000),
             ("max_examples", 1, 100_000_000),
             ("epochs", 1, 1000),
+            ("patience", 0, 1000),
+            ("max_valid", 1, 10_000_000),
+            ("min_valid", 1, 10_000_000),
             ("batch_size", 1, 65_536),
             ("negatives", 0, 10_000_000),
             ("seed", 0, 2**32 - 1),
         ):
             check_int(name, getattr(self, name), lo, hi)
         check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_number("valid_share", self.valid_share, 0.0, 0.5)
+        check_number("max_train_seconds", self.max_train_seconds, 0.0, 7 * 86_400.0, lo_open=True)
+        check_number("id_dropout", self.id_dropout, 0.0, 1.0)
         check_number("weight_decay", self.weight_decay, 0.0, 1.0)
 
 

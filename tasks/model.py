@@ -6,6 +6,11 @@ Item index 0 is padding; items 1..M are the catalog in item_id order.
     user_vec(h) = last + MLP([last ; recency-weighted mean of h])   [dim]
     score(u, i) = user_vec(h_u) · item_vec(i)
 
+The id part is dropped (whole rows, with probability ``id_dropout``) while training, so
+that ``W · text_emb`` alone places an item; items that never occur in the training
+examples have their id row zeroed (``forget_ids``): an item with text and no
+interactions is ranked through its text.
+
 ``TopNScorer`` fuses user encoding, inner products with every item, masking of seen
 and inactive items, top-N and the "because of" history item into one graph, which is
 what gets exported to ONNX and run for every user.
@@ -28,6 +33,7 @@ class Encoder(nn.Module):
     def __init__(self, text_emb: torch.Tensor, cfg: TrainConfig) -> None:
         """``text_emb``: [M + 1, T] frozen text embeddings, row 0 (padding) all zeros."""
         super().__init__()
+        self.fit_info: dict = {}  # what training chose (epochs, validation NDCG), for the manifest
         n_items, text_dim = text_emb.shape
         self.register_buffer("text", text_emb.float(), persistent=True)
         self.proj = nn.Linear(text_dim, cfg.dim)
@@ -35,26 +41,54 @@ class Encoder(nn.Module):
         nn.init.normal_(self.item_id.weight, std=0.02)
         with torch.no_grad():
             self.item_id.weight[0].zero_()
+        # an item read in a history adds its own id part: "what comes after i" need not be
+        # "what is like i" (tied vectors cannot learn a -> b without also learning b -> a)
+        self.next_id = nn.Embedding(n_items, cfg.dim, padding_idx=0)
+        nn.init.zeros_(self.next_id.weight)
         self.recency = nn.Parameter(torch.linspace(-1.0, 0.0, cfg.max_history))  # [L]
         self.user_mlp = nn.Sequential(
             nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim)
         )
 
-    def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Vectors of items ``idx`` (any shape) -> [..., dim]; all items when None."""
+    def item_vectors(
+        self, idx: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Vectors of items ``idx`` (any shape) -> [..., dim]; all items when None.
+
+        ``keep``: [M + 1] float, 1 where an item keeps its id part and 0 where it is
+        dropped (training only; None keeps every id part).
+        """
+        ids = self.item_id.weight if keep is None else self.item_id.weight * keep.unsqueeze(1)
         if idx is None:
-            return self.proj(self.text) + self.item_id.weight
-        return self.proj(self.text[idx]) + self.item_id(idx)
+            return self.proj(self.text) + ids
+        # embedding lookups, not ids[idx]: their CPU backward is deterministic
+        return self.proj(self.text[idx]) + nn.functional.embedding(idx, ids)
+
+    @torch.no_grad()
+    def forget_ids(self, known: torch.Tensor) -> None:
+        """Zero the id part of every item not in ``known`` ([M + 1] bool): text only."""
+        self.item_id.weight[~known] = 0.0
+        self.next_id.weight[~known] = 0.0
 
     def user_vectors(
-        self, history: torch.Tensor, items: torch.Tensor | None = None
+        self,
+        history: torch.Tensor,
+        items: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim]."""
+        """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim].
+
+        ``items``: [M + 1, dim] precomputed item vectors (None: computed for ``history``,
+        with ``keep`` as in ``item_vectors``). A history item reads as its item vector
+        plus its ``next_id`` part.
+        """
         # an embedding lookup, not items[history]: its backward on CPU is deterministic, the
         # indexing one accumulates in thread order (training would not repeat bit for bit)
         hv = (
-            self.item_vectors(history) if items is None else nn.functional.embedding(history, items)
-        )
+            self.item_vectors(history, keep)
+            if items is None
+            else nn.functional.embedding(history, items)
+        ) + self.next_id(history)  # [B, L, dim]
         mask = history > 0  # [B, L]
         w = self.recency[-history.shape[1] :].expand_as(history).masked_fill(~mask, NEG)
         w = torch.softmax(w, dim=1).nan_to_num(0.0).unsqueeze(-1)  # [B, L, 1]
@@ -62,23 +96,33 @@ class Encoder(nn.Module):
         last = hv[:, -1]  # [B, dim]
         return last + self.user_mlp(torch.cat([last, pooled], dim=-1))
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the next item over the whole catalog: [B, M + 1] (padding at -inf)."""
-        items = self.item_vectors()
+        items = self.item_vectors(keep=keep)
         logits = self.user_vectors(history, items) @ items.T
         return logits.index_fill(1, torch.tensor([0]), NEG)
 
     def sampled_logits(
-        self, history: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor
+        self,
+        history: torch.Tensor,
+        target: torch.Tensor,
+        negatives: torch.Tensor,
+        log_q: torch.Tensor,
+        keep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the batch's targets plus shared uniform negatives, and target positions.
 
         For large catalogs: the cost of a step no longer grows with the number of items.
-        Uniform sampling needs no log-q correction. Returns ([B, C] logits, [B] labels).
+        The candidates are the batch's own targets (drawn in proportion to popularity) and
+        uniform negatives, so popular items are candidates far more often than rare ones;
+        ``log_q`` ([M + 1], log of each item's chance to be a candidate in a step) is
+        subtracted from every candidate's logit (the log-q correction), which makes the
+        sampled softmax an unbiased stand-in for the full one. Returns ([B, C], [B]).
         """
         cand = torch.unique(torch.cat([target, negatives]))  # sorted: [C]
         labels = torch.searchsorted(cand, target)
-        return self.user_vectors(history) @ self.item_vectors(cand).T, labels
+        users = self.user_vectors(history, keep=keep)
+        return users @ self.item_vectors(cand, keep).T - log_q[cand], labels
 
 
 class TopNScorer(nn.Module):

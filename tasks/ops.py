@@ -69,7 +69,7 @@ def report_failure(context: Mapping[str, Any]) -> dict:
     ti = context.get("task_instance") or context.get("ti")
     dag = context.get("dag")
     summary = failure_summary(
-        getattr(dag, "dag_id", None) or getattr(ti, "dag_id", "?"),
+        str(getattr(dag, "dag_id", None) or getattr(ti, "dag_id", "?")),
         getattr(ti, "task_id", None),
         str(context.get("run_id", "?")),
         getattr(ti, "try_number", None),

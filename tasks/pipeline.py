@@ -68,9 +68,7 @@ def run_all(
             summary = step(
                 "evaluate", evaluate.evaluate, settings, snap, run_id, candidate, train_cfg
             )
-            decision = step(
-                "gate", promotion.decide, settings, run_id, candidate, summary, promote
-            )
+            decision = step("gate", promotion.decide, settings, run_id, candidate, summary, promote)
             version = decision.scored_with
         else:
             version = step("train", lambda: registry.current(settings.models_dir).name)

@@ -337,6 +337,10 @@ class SynthConfig:
     inactive_item_share: float = 0.02
     chunk_users: int = 100_000
     fmt: str = "csv"  # csv | parquet | jsonl
+    # timestamps are floored to this many seconds: 86_400 puts a user's events of a day on
+    # one tied timestamp (real logs with day-level or second-level clocks)
+    tick_seconds: int = 1
+    ratings: bool = False  # every purchase is followed by a 'rating' event with a 1..5 value
 
     def __post_init__(self) -> None:
         check_int("users", self.users, 1, 50_000_000)
@@ -344,6 +348,7 @@ class SynthConfig:
         check_int("seed", self.seed, 0, 2**32 - 1)
         check_int("days", self.days, 1, 3650)
         check_int("chunk_users", self.chunk_users, 1, 10_000_000)
+        check_int("tick_seconds", self.tick_seconds, 1, 30 * 86_400)
         check_number("mean_items_per_user", self.mean_items_per_user, 0.0, 1000.0, lo_open=True)
         for name in ("follow_prob", "cold_user_share", "inactive_item_share"):
             check_number(name, getattr(self, name), 0.0, 1.0)
@@ -434,7 +439,7 @@ def make_events(
     end_ts = dt.datetime.combine(cfg.end + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
     t0 = end_ts - cfg.days * 86_400.0
 
-    users, items, clock = [], [], []
+    users, items, clock, liked = [], [], [], []
     last = np.full(n, -1, dtype=np.int64)
     now = t0 + start
     for step in range(int(length.max(initial=0))):
@@ -450,6 +455,7 @@ def make_events(
         last[alive] = pick
         users.append(alive)
         items.append(pick)
+        liked.append(cat == main[alive])  # in the user's main taste: rated higher
         clock.append(now[alive].copy())
     if not users:
         return pl.DataFrame()
@@ -460,21 +466,25 @@ def make_events(
     click = rng.random(len(u)) < 0.35
     cart = click & (rng.random(len(u)) < 0.4)
     buy = cart & (rng.random(len(u)) < 0.5)
+    funnel = [("view", None, 0), ("click", click, 30), ("add_to_cart", cart, 120)]
+    funnel.append(("purchase", buy, 300))
+    value = np.full(len(u), np.nan)
+    if cfg.ratings:  # drawn last: without ratings the files stay byte for byte the same
+        rated = np.where(np.concatenate(liked), 4.2, 2.8) + rng.normal(0.0, 1.0, len(u))
+        value = np.clip(np.round(rated), 1, 5)
+        funnel.append(("rating", buy, 600))
     parts = []
-    for name, mask, delay in (
-        ("view", None, 0),
-        ("click", click, 30),
-        ("add_to_cart", cart, 120),
-        ("purchase", buy, 300),
-    ):
+    for name, mask, delay in funnel:
         sel = slice(None) if mask is None else mask
+        t = (ts[sel] + delay).round(0)
         parts.append(
             pl.DataFrame(
                 {
                     "u": u[sel] + user_lo,
                     "i": it[sel],
                     "event_type": name,
-                    "ts": (ts[sel] + delay).round(0),
+                    "ts": np.floor(t / cfg.tick_seconds) * cfg.tick_seconds,
+                    "value": value[sel] if name == "rating" else np.full(len(t), np.nan),
                 }
             )
         )
@@ -489,6 +499,9 @@ def make_events(
     ev = ev.with_row_index("n").with_columns(
         pl.format("e{}-{}", pl.lit(user_lo), pl.col("n")).alias("event_id")
     )
+    if cfg.ratings:
+        rating = pl.col("value").fill_nan(None).cast(pl.Int64)
+        return ev.select("event_id", "user_id", "item_id", "event_type", "ts", rating)
     return ev.select("event_id", "user_id", "item_id", "event_type", "ts")
 
 

@@ -1,8 +1,23 @@
 """Train the encoder on next-item prediction from a snapshot, then export and promote it.
 
-Examples are (the last ``max_history`` items before position t, the item at t) for the
-last ``targets_per_user`` positions of every user's history (items in first-seen
-order). Loss: full softmax cross-entropy over the catalog.
+Examples are (the last ``max_history`` items before position t, the item at t) for
+every position t >= 1 of every user's history (items in first-seen order; or the last
+``targets_per_user`` positions). Loss: softmax cross-entropy over the catalog, or over
+the batch's targets plus uniform negatives with a log-q correction when the catalog is
+large.
+
+How long to train is chosen on validation data every time: a seeded ``valid_share`` of
+the examples is held out, the held-out examples are ranked over the whole catalog after
+every epoch, and training stops when their NDCG@10 has not improved for ``patience``
+epochs, at ``epochs``, or when the next epoch would overrun ``max_train_seconds``. The
+model kept is the best epoch's (its checkpoint): it never trained on the held-out
+examples, which are a random few percent of positions, not the latest ones. The same
+snapshot and config give the same weights, unless the time budget (a wall-clock guard)
+ended training: the log warns and the manifest's ``stopped_by`` says so.
+
+Ties: histories are in (first_ts, item_id) order, so items that share a timestamp
+always come in the same order; an example's history holds only items before its target
+in that order, as scoring's history holds only items the user has.
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +77,17 @@ def load_sequences(snapshot_dir: Path, item_index: pl.DataFrame) -> Sequences:
 
 
 def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(histories [n, L], targets [n]) from the end of every history."""
+    """(histories [n, L], targets [n]) from every position of every history.
+
+    ``cfg.targets_per_user`` > 0 keeps only that many positions from each history's end.
+    Examples are in (user, position) order; above ``cfg.max_examples`` a seeded sample.
+    """
     from nightrec.model import histories
 
     lengths = seqs.ends - seqs.starts
-    first = np.maximum(seqs.starts + 1, seqs.ends - cfg.targets_per_user)  # first target pos
+    first = seqs.starts + 1  # the first item has nothing before it
+    if cfg.targets_per_user:
+        first = np.maximum(first, seqs.ends - cfg.targets_per_user)
     count = np.maximum(seqs.ends - first, 0)
     owner = np.repeat(np.arange(len(lengths)), count)
     pos = np.repeat(first, count) + (
@@ -90,48 +112,137 @@ def fingerprint(snapshot_dir: Path, cfg: TrainConfig, encoder: str) -> str:
     return h.hexdigest()[:10]
 
 
+def holdout(n: int, cfg: TrainConfig) -> np.ndarray:
+    """[n] bool: the seeded examples held out to choose the epoch (none if too few)."""
+    n_valid = min(int(round(n * cfg.valid_share)), cfg.max_valid)
+    valid = np.zeros(n, dtype=bool)
+    if cfg.patience and n_valid >= cfg.min_valid and n - n_valid > 0:
+        rng = np.random.default_rng([cfg.seed, 1])
+        valid[rng.choice(n, n_valid, replace=False)] = True
+    return valid
+
+
+def validation_ndcg(model, hist, target, k: int = 10, batch: int = 1024) -> float:
+    """Mean NDCG@k of ``target`` ranked over every item, the history's items excluded."""
+    import torch
+
+    total = 0.0
+    with torch.inference_mode():
+        items = model.item_vectors()  # [M + 1, dim]
+        for lo in range(0, len(target), batch):
+            h, t = hist[lo : lo + batch], target[lo : lo + batch]
+            s = model.user_vectors(h, items) @ items.T  # [B, M + 1]
+            s[:, 0] = -torch.inf
+            s.scatter_(1, h, -torch.inf)  # seen items (and padding) never ranked
+            mine = s.gather(1, t[:, None])  # [B, 1]
+            # rank = items scoring higher, ties counted against the target (pessimistic)
+            rank = (s > mine).sum(1) + (s == mine).sum(1) - 1  # [B], 0 = first
+            total += float(torch.where(rank < k, 1.0 / torch.log2(rank + 2.0), 0.0).sum())
+    return total / max(len(target), 1)
+
+
 def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig):
-    """Train an Encoder; returns it with the loss of each epoch."""
+    """Train an Encoder; returns it with the training loss of each epoch run.
+
+    The epoch count is chosen on held-out examples (module docstring); what was chosen
+    is in the model's ``fit_info``.
+    """
     import torch
 
     from nightrec.model import Encoder
 
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     text_emb = torch.from_numpy(np.vstack([np.zeros((1, text.shape[1]), np.float32), text]))
     model = Encoder(text_emb, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    h_all, t_all = torch.from_numpy(hist), torch.from_numpy(target)
-    n_items = text_emb.shape[0]  # M + 1
+    valid = holdout(len(target), cfg)
+    h_all, t_all = torch.from_numpy(hist[~valid]), torch.from_numpy(target[~valid])
+    h_val, t_val = torch.from_numpy(hist[valid]), torch.from_numpy(target[valid])
+    n_items, n = text_emb.shape[0], len(t_all)  # M + 1, training examples
     sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
+    # log-q: chance that item j is a candidate of a step, as a target of one of the batch's
+    # examples (drawn in proportion to its count) or as one of the uniform negatives
+    freq = np.bincount(target[~valid], minlength=n_items) / max(n, 1)
+    rate = min(cfg.batch_size, n) * freq + cfg.negatives / max(n_items - 1, 1)
+    log_q = torch.from_numpy(np.log(-np.expm1(-rate)).astype(np.float32))
     gen = torch.Generator().manual_seed(cfg.seed)
-    log.info("train: %s softmax over %d items", "sampled" if sampled else "full", n_items - 1)
-    losses = []
+    log.info(
+        "train: %s softmax over %d items; %d examples, %d held out to choose the epoch",
+        "sampled" if sampled else "full",
+        n_items - 1,
+        n,
+        len(t_val),
+    )
+    losses: list[float] = []
+    best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
     for epoch in range(cfg.epochs):
-        started, total = time.perf_counter(), 0.0
-        order = torch.from_numpy(rng.permutation(len(target)))
+        t0, total = time.perf_counter(), 0.0
+        order = torch.from_numpy(rng.permutation(n))
         model.train()
-        for lo in range(0, len(order), cfg.batch_size):
+        for lo in range(0, n, cfg.batch_size):
             b = order[lo : lo + cfg.batch_size]
+            keep = None
+            if cfg.id_dropout > 0:
+                keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float()
             if sampled:
                 negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
-                logits, labels = model.sampled_logits(h_all[b], t_all[b], negatives)
+                logits, labels = model.sampled_logits(h_all[b], t_all[b], negatives, log_q, keep)
             else:
-                logits, labels = model(h_all[b]), t_all[b]
+                logits, labels = model(h_all[b], keep), t_all[b]
             loss = torch.nn.functional.cross_entropy(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(b)
-        losses.append(total / max(len(target), 1))
+        losses.append(total / max(n, 1))
+        model.eval()
+        score = validation_ndcg(model, h_val, t_val) if len(t_val) else math.nan
+        seconds = time.perf_counter() - t0
         log.info(
-            "train: epoch %d/%d loss %.4f (%.1fs, %d examples)",
+            "train: epoch %d/%d loss %.4f, validation NDCG@10 %.4f (%.1fs)",
             epoch + 1,
             cfg.epochs,
             losses[-1],
-            time.perf_counter() - started,
-            len(target),
+            score,
+            seconds,
         )
+        if len(t_val):
+            if score > best:
+                best, best_epoch, stale = score, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    stop = f"no better validation NDCG@10 for {stale} epochs"
+                    break
+        if (
+            epoch + 1 < cfg.epochs
+            and time.perf_counter() - started + seconds > cfg.max_train_seconds
+        ):
+            stop = f"time budget of {cfg.max_train_seconds:g}s"
+            log.warning("train: stopped after %d epochs by the time budget", epoch + 1)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(losses)
+    known = np.zeros(n_items, dtype=bool)
+    known[np.unique(hist[~valid])] = True
+    known[np.unique(target[~valid])] = True
+    known[0] = False
+    model.forget_ids(torch.from_numpy(known))  # never trained: text alone places them
+    model.fit_info = {
+        "epochs_run": len(losses),
+        "best_epoch": best_epoch,
+        "valid_ndcg10": None if best < 0 else round(best, 5),
+        "valid_examples": len(t_val),
+        "stopped_by": stop,
+        "items_text_only": int(n_items - 1 - known.sum()),
+        "fit_seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info("train: kept epoch %d of %d (%s)", best_epoch, len(losses), stop)
     return model.eval(), losses
 
 
@@ -176,6 +287,7 @@ def train(
             "text_encoder": encoder,
             "metrics": {
                 "train_loss": losses[-1],
+                **model.fit_info,
                 "examples": len(target),
                 "users": len(seqs.user_ids),
                 "items": catalog.height,
