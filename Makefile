@@ -41,7 +41,7 @@ demo: $(STAMP)
 		| grep -v "already ingested" | sed -E 's/^.*\[info *\] //; s/ \[nightrec\..*$$//' | cut -c1-160 || true
 	@echo
 	@echo "DAG run log:     $(AIRFLOW_HOME)/dags-test.log"
-	@echo "warehouse:       $(NIGHTREC_HOME)/warehouse.duckdb"
+	@echo "warehouse:       $(NIGHTREC_HOME)/warehouse.duckdb (the pipeline's own; not for readers)"
 	@echo "serving tables:  $(NIGHTREC_HOME)/serving/serving.duckdb (Parquet: see serving/current.json)"
 	@echo "model:           $$(readlink $(NIGHTREC_MODELS_DIR)/current)"
 	@echo
