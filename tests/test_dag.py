@@ -158,6 +158,22 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch, caplog, capfd):
         "shard-00001-of-00002",
     ]
     assert scored == (120.0,)
+    # evaluated before promotion: figures, the gate's decision and the report of this run
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        figures = con.execute(
+            "select count(*), count(distinct model) from eval_metrics where run_id = $1",
+            [run.run_id],
+        ).fetchone()
+        gate = con.execute(
+            "select candidate, scored_with, reason from gate_decisions where run_id = $1",
+            [run.run_id],
+        ).fetchone()
+    assert figures[0] > 0 and figures[1] == 4  # nightrec and the three baselines
+    assert gate is not None and gate[1] == recorded[0] and gate[2]
+    from nightrec.eval_store import reports_dir
+
+    report = reports_dir(settings, run.run_id) / "report.html"
+    assert report.is_file() and "<svg" in report.read_text()
 
 
 def test_manual_run_params(dagbag, settings, monkeypatch):
