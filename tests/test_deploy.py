@@ -181,28 +181,59 @@ def _command(service: dict) -> str:
     return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
 
 
+def _guarded_secrets() -> set[str]:
+    """The secrets airflow-init checks before anything else starts."""
+    found = re.search(r"for name in ([A-Z0-9_ ]+); do", COMPOSE_FILE.read_text())
+    assert found, "airflow-init checks the secrets"
+    return set(found.group(1).split())
+
+
 def test_env_example_lists_every_secret_empty():
     values = _env_example()
     for name in SECRETS:
         assert values.get(name) == "", f".env.example must list {name} with an empty value"
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_FILE.read_text()))
-    assert required == set(SECRETS), "every required (:?) variable is a secret and listed"
+    text = COMPOSE_FILE.read_text()
+    required = _guarded_secrets()
+    assert required == set(SECRETS), "every required variable is a secret and listed"
+    for name in SECRETS:
+        assert f"${{{name}}}" in text, f"{name} is used without a default"
+        assert not re.search(rf"\$\{{{name}:", text), f"{name} has a default or modifier"
     assert values.get("NIGHTREC_GPU_QUEUE") == "" and "NIGHTREC_GPU_QUEUE=gpu" in (
         ENV_EXAMPLE.read_text()
     ), ".env.example documents NIGHTREC_GPU_QUEUE=gpu"
 
 
+def _init_check(compose: list[str], env_file: Path) -> subprocess.CompletedProcess:
+    """Run airflow-init's secret check, as Compose resolves it, with its resolved environment."""
+    out = _config(compose, env_file)
+    assert out.returncode == 0, out.stderr  # the file always parses, secrets or not
+    init = yaml.safe_load(out.stdout)["services"]["airflow-init"]
+    # `config` prints the file's `$$` escapes as they are; the container's shell sees `$`
+    script = init["command"][-1].split("# -- secrets checked --")[0].replace("$$", "$")
+    env = {"PATH": os.environ["PATH"], **_env(init)}
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+
+
 def test_compose_refuses_to_start_without_each_secret(compose, tmp_path):
-    # .env.example as shipped: every secret empty
-    as_is = _config(compose, ENV_EXAMPLE, "-q")
+    # .env.example as shipped: every secret empty -> airflow-init stops, naming them
+    as_is = _init_check(compose, ENV_EXAMPLE)
     assert as_is.returncode != 0
     assert any(name in as_is.stderr for name in SECRETS), as_is.stderr
     # each secret on its own: all others set, this one empty -> refused, naming it
     for name in SECRETS:
         env = _write_env(tmp_path / f"env-{name}", **{**_dummy_secrets(), name: ""})
-        out = _config(compose, env, "-q")
+        out = _init_check(compose, env)
         assert out.returncode != 0, f"{name} has a default somewhere in docker-compose.yml"
         assert name in out.stderr, out.stderr
+    # all set: the check passes
+    full = _init_check(compose, _write_env(tmp_path / "env-all", **_dummy_secrets()))
+    assert full.returncode == 0, full.stderr
+    # every Airflow service waits for airflow-init to finish successfully
+    services = yaml.safe_load(_config(compose, tmp_path / "env-all").stdout)["services"]
+    for name in AIRFLOW_SERVICES:
+        if name != "airflow-init":
+            cond = services[name]["depends_on"]["airflow-init"]["condition"]
+            assert cond == "service_completed_successfully", name
 
 
 def test_compose_services_commands_and_healthchecks(resolved):
@@ -322,6 +353,7 @@ _ASSIGNMENT = re.compile(
     r"^\s*(?:export\s+|ENV\s+|ARG\s+)?(" + _SECRET_NAME + r")\s*[?:]?=\s*(\S+)"
 )
 _URL_PASSWORD = re.compile("://" + r"[A-Za-z0-9_.%-]+:([^@\s/]+)@")
+_REFERENCE = r"\$\{[A-Z0-9_]+(?::\?[^}]*)?\}"  # ${VAR} or ${VAR:?message}: no default
 
 
 def _repo_files() -> list[Path]:
@@ -358,7 +390,7 @@ def _secret_findings(root: Path, files: list[Path]) -> list[str]:
             if _SHELL_DEFAULT.search(line) or _PY_DEFAULT.search(line):
                 findings.append(where)
             for match in _URL_PASSWORD.finditer(line):
-                if not re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", match.group(1)):
+                if not re.fullmatch(_REFERENCE, match.group(1)):
                     findings.append(where)
             assignment = _ASSIGNMENT.match(line)
             if assignment and not rel.endswith(".py"):
@@ -368,7 +400,7 @@ def _secret_findings(root: Path, files: list[Path]) -> list[str]:
         name = Path(rel).name
         if name == ".env" or (name.startswith(".env.") and name != ".env.example"):
             findings.append(f"{rel}: an env file in the tree (add it to .gitignore)")
-        # compose: every secret-named environment entry is a required ${VAR:?...}
+        # compose: every secret-named environment entry is a reference with no default
         if re.fullmatch(r"(docker-)?compose[\w.-]*\.ya?ml", name):
             doc = yaml.safe_load(text) or {}
             blocks = [v for k, v in doc.items() if k.startswith("x-") and isinstance(v, dict)]
@@ -376,8 +408,8 @@ def _secret_findings(root: Path, files: list[Path]) -> list[str]:
             for block in blocks:
                 env = block.get("environment") or {}
                 for key, value in env.items() if isinstance(env, dict) else ():
-                    if re.fullmatch(_SECRET_NAME, key) and not re.search(r"\$\{\w+:\?", str(value)):
-                        findings.append(f"{rel}: {key} is not a required ${{VAR:?...}}")
+                    if re.fullmatch(_SECRET_NAME, key) and not re.search(_REFERENCE, str(value)):
+                        findings.append(f"{rel}: {key} is not a ${{VAR}} without a default")
     return findings
 
 
@@ -398,6 +430,7 @@ def test_secret_checker_finds_defaults(tmp_path):
         assert any(f.startswith(name) for f in found), (name, found)
     (tmp_path / "ok.yml").write_text(
         "pw: ${DB_PASSWORD:?set it}\nurl: postgresql://u:${DB_PASSWORD:?set it}@db/x\n"
+        "url2: postgresql://u:${DB_PASSWORD}@db/x\n"
     )
     (tmp_path / ".env.example").write_text("AIRFLOW_FERNET_KEY=\n# API_TOKEN=xyz\n")
     assert _secret_findings(tmp_path, [tmp_path / "ok.yml", tmp_path / ".env.example"]) == []
