@@ -118,11 +118,10 @@ def _build_version(
         digest.update(Path(p).read_bytes())
     serving_id = f"{as_of:%Y%m%d}-{digest.hexdigest()[:10]}"
     final = settings.serving / "versions" / serving_id
-    if (final / SERVING_DB).is_file():
-        with db.connect(final / SERVING_DB, read_only=True) as con:
-            rows, users = db.one(con, "select rows, users from serving_info")
+    if final.is_dir():  # renamed into place only when complete
         log.info("publish: %s already built from these scores", serving_id)
-        return serving_id, rows, users
+        done = version_info(settings, serving_id)
+        return serving_id, done["rows"], done["users"]
     tmp = final.with_name(f".{serving_id}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -259,6 +258,13 @@ def _history(settings: Settings) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def version_info(settings: Settings, serving_id: str) -> dict:
+    """A version's ``serving_info.json``: run, date, model version and counts."""
+    return json.loads(
+        (settings.serving / "versions" / serving_id / "serving_info.json").read_text()
+    )
+
+
 def _live_stack(settings: Settings) -> list[str]:
     """The versions that were live, in order, with the ones stepped back from removed.
 
@@ -316,18 +322,22 @@ def build_catalog(settings: Settings) -> Path:
         metrics = db.frame(wh, "select * from run_metrics order by run_id, step, metric")
         quality = db.frame(wh, "select * from eval_metrics order by as_of, run_id")
         gates = db.frame(wh, "select * from gate_decisions order by decided_at")
-    info = []
-    for v in kept:
-        with db.connect(serving / "versions" / v / SERVING_DB, read_only=True) as con:
-            row = db.frame(con, "select * from serving_info")
-        info.append(row.with_columns(pl.lit(v == now["serving_id"]).alias("live")))
+    info = pl.DataFrame([version_info(settings, v) for v in kept]).select(
+        "run_id",
+        pl.col("as_of").str.to_date(),
+        "model_version",
+        "serving_id",
+        "rows",
+        "users",
+        (pl.col("serving_id") == now["serving_id"]).alias("live"),
+    )
     with db.connect(tmp, read_only=False, schema=False) as con:
         for name, frame in (
             ("runs", runs),
             ("run_metrics", metrics),
             ("eval_metrics", quality),
             ("gate_decisions", gates),
-            ("serving_versions", pl.concat(info)),
+            ("serving_versions", info),
         ):
             con.register("frame", frame)
             con.execute(f"create table {name} as select * from frame")  # fixed names
@@ -426,10 +436,8 @@ def rollback(settings: Settings, version: str | None = None) -> str:
             raise ContractError(
                 f"serving version {version!r} does not exist; kept: {', '.join(kept)}"
             )
-        with db.connect(settings.serving / "versions" / version / SERVING_DB, True) as con:
-            run_id, as_of, model = db.one(
-                con, "select run_id, as_of, model_version from serving_info"
-            )
+        chosen = version_info(settings, version)
+        run_id, as_of, model = chosen["run_id"], chosen["as_of"], chosen["model_version"]
         why = "rollback" if step_back else f"rollback to {version}"
         _go_live(settings, version, run_id, as_of, model, why)
         build_catalog(settings)

@@ -11,7 +11,6 @@ Serving versions are pruned by ``publish`` itself (``NIGHTREC_KEEP_SERVING``). H
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -37,14 +36,9 @@ def _dirs(folder: Path) -> list[Path]:
 
 
 def _serving_models(settings: Settings) -> set[str]:
-    from nightrec.publish import versions
+    from nightrec.publish import version_info, versions
 
-    used = set()
-    for v in versions(settings):
-        info = settings.serving / "versions" / v / "serving_info.json"
-        if info.is_file():
-            used.add(json.loads(info.read_text()).get("model_version", ""))
-    return used
+    return {version_info(settings, v)["model_version"] for v in versions(settings)}
 
 
 def prune(settings: Settings, cfg: RetentionConfig | None = None) -> dict[str, int]:

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from nightrec.config import ContractError, EvalConfig
-from nightrec.train import Sequences
+from nightrec.train import Sequences, to_sequences
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def make_split(
         keep = np.random.default_rng(cfg.seed).choice(targets.height, cfg.max_users, replace=False)
         targets = targets[np.sort(keep)]
 
-    seqs = sequences(train)
+    seqs = to_sequences(train)
     rows = pl.DataFrame(
         {"user_id": seqs.user_ids, "row": np.arange(len(seqs.user_ids), dtype=np.int64)}
     )
@@ -190,7 +190,7 @@ def given_targets(
         catalog.select("item_id", "idx"), on="item_id", how="inner"
     )
     is_active = pl.Series(active[found["idx"].to_numpy()])
-    seqs = sequences(inter)
+    seqs = to_sequences(inter)
     rows = pl.DataFrame(
         {"user_id": seqs.user_ids, "row": np.arange(len(seqs.user_ids), dtype=np.int64)}
     )
@@ -205,17 +205,4 @@ def given_targets(
         target=found["idx"].to_numpy().astype(np.int64),
         inactive_targets=int((~is_active).sum()),
         sampled_from=found.height,
-    )
-
-
-def sequences(train: pl.DataFrame) -> Sequences:
-    """CSR histories from (user_id, idx, ...) rows already in history order."""
-    per_user = train.group_by("user_id", maintain_order=True).len()
-    lengths = per_user["len"].to_numpy().astype(np.int64)
-    ends = np.cumsum(lengths)
-    return Sequences(
-        per_user["user_id"].to_list(),
-        train["idx"].to_numpy().astype(np.int64),
-        ends - lengths,
-        ends,
     )

@@ -64,13 +64,17 @@ def load_sequences(snapshot_dir: Path, item_index: pl.DataFrame) -> Sequences:
     inter = inter.join(
         item_index.select("item_id", "idx"), on="item_id", how="inner", maintain_order="left"
     )
-    per_user = inter.group_by("user_id", maintain_order=True).len().sort("user_id")
-    inter = inter.sort("user_id", maintain_order=True)
+    return to_sequences(inter.sort("user_id", maintain_order=True))
+
+
+def to_sequences(rows: pl.DataFrame) -> Sequences:
+    """CSR histories from (user_id, idx) rows grouped by user, each in history order."""
+    per_user = rows.group_by("user_id", maintain_order=True).len()
     lengths = per_user["len"].to_numpy().astype(np.int64)
     ends = np.cumsum(lengths)
     return Sequences(
         per_user["user_id"].to_list(),
-        inter["idx"].to_numpy().astype(np.int64),
+        rows["idx"].to_numpy().astype(np.int64),
         ends - lengths,
         ends,
     )
