@@ -163,6 +163,9 @@ class TrainConfig:
     weight_decay: float = 1e-6
     id_dropout: float = 0.2  # chance an item's id part is dropped in a step: text must carry it
     negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
+    # item-to-item neighbours fused into the score (``fusion``): kept per item; 0: encoder alone
+    neighbours: int = 50
+    fusion_valid: int = 4000  # held-out examples ranked to choose the neighbour weights
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -179,6 +182,8 @@ class TrainConfig:
             ("min_valid", 1, 10_000_000),
             ("batch_size", 1, 65_536),
             ("negatives", 0, 10_000_000),
+            ("neighbours", 0, 10_000),
+            ("fusion_valid", 1, 10_000_000),
             ("seed", 0, 2**32 - 1),
         ):
             check_int(name, getattr(self, name), lo, hi)

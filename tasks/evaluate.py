@@ -69,8 +69,7 @@ class Candidate:
         s = self.seqs
         hist = histories(s.seq, s.starts[rows], s.ends[rows], self.max_history)  # [B, L]
         with torch.inference_mode():
-            users = self.model.user_vectors(torch.from_numpy(hist), self.items)  # [B, dim]
-            return (users @ self.items.T).numpy()  # [B, M + 1]
+            return self.model.scores(torch.from_numpy(hist), self.items).numpy()  # [B, M + 1]
 
 
 def slice_masks(split: splits.Split, item_users: np.ndarray, short: int) -> dict[str, np.ndarray]:

@@ -11,9 +11,14 @@ that ``W · text_emb`` alone places an item; items that never occur in the train
 examples have their id row zeroed (``forget_ids``): an item with text and no
 interactions is ranked through its text.
 
-``TopNScorer`` fuses user encoding, inner products with every item, masking of seen
-and inactive items, top-N and the "because of" history item into one graph, which is
-what gets exported to ONNX and run for every user.
+The score can add item-to-item neighbours (``fusion``): a transition table read from
+the user's last item and a co-occurrence table read from every history item, as a
+sparse scatter-add onto the dense row; their weights are part of the buffers (zero:
+the encoder alone).
+
+``TopNScorer`` fuses user encoding, inner products with every item, the neighbour
+terms, masking of seen and inactive items, top-N and the "because of" history item into
+one graph, which is what gets exported to ONNX and run for every user.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from nightrec.config import TrainConfig
 
 NEG = float("-inf")
+NEIGHBOUR_BUFFERS = ("next_idx", "next_w", "near_idx", "near_w")
 
 
 class Encoder(nn.Module):
@@ -49,6 +55,44 @@ class Encoder(nn.Module):
         self.user_mlp = nn.Sequential(
             nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim)
         )
+        # neighbour tables (``fusion``), weights already applied; one empty column: off
+        for name in NEIGHBOUR_BUFFERS:
+            dtype = torch.int64 if name.endswith("_idx") else torch.float32
+            self.register_buffer(name, torch.zeros((n_items, 1), dtype=dtype), persistent=True)
+        self.fused = False  # a plain flag, read when traced (a buffer's value cannot be)
+
+    @classmethod
+    def from_state(cls, state: dict, cfg: TrainConfig) -> Encoder:
+        """An encoder from a saved ``state_dict`` (neighbour tables of any width)."""
+        model = cls(state["text"], cfg)
+        for name in NEIGHBOUR_BUFFERS:
+            if name in state:
+                setattr(model, name, state[name].clone())
+        model.load_state_dict(state)
+        model.fused = bool(model.next_w.any() or model.near_w.any())
+        return model.eval()
+
+    def set_neighbours(self, tables, a: float, b: float) -> None:
+        """Use ``fusion.Tables`` with weights ``a`` (transitions) and ``b`` (co-occurrence)."""
+        with torch.no_grad():
+            self.next_idx = torch.from_numpy(tables.next_idx)
+            self.next_w = torch.from_numpy(tables.next_w * np.float32(a))
+            self.near_idx = torch.from_numpy(tables.near_idx)
+            self.near_w = torch.from_numpy(tables.near_w * np.float32(b))
+        self.fused = bool(self.next_w.any() or self.near_w.any())
+
+    def add_neighbours(self, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` [B, M + 1] plus the neighbour terms of ``history`` [B, L]."""
+        if not self.fused:  # decided when traced: an unfused model exports no scatter
+            return scores
+        last = history[:, -1]
+        idx = torch.cat([self.next_idx[last], self.near_idx[history].flatten(1)], dim=1)
+        w = torch.cat([self.next_w[last], self.near_w[history].flatten(1)], dim=1)
+        return scores.scatter_add(1, idx, w)  # padding rows add 0 to column 0
+
+    def scores(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B, M + 1] scores of every item (index 0 included) for ``history`` [B, L]."""
+        return self.add_neighbours(history, self.user_vectors(history, items) @ items.T)
 
     def item_vectors(
         self, idx: torch.Tensor | None = None, keep: torch.Tensor | None = None
@@ -145,8 +189,7 @@ class TopNScorer(nn.Module):
         item_bias: torch.Tensor,  # [M + 1] float32: 0, or -inf for inactive items and padding
         k_like: torch.Tensor,  # [K]: only its length is read, so K is chosen at run time
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        users = self.encoder.user_vectors(history, self.item_matrix)  # [B, dim]
-        scores = users @ self.item_matrix.T + item_bias  # [B, M+1]
+        scores = self.encoder.scores(history, self.item_matrix) + item_bias  # [B, M+1]
         scores = scores.scatter(1, exclude, NEG)
         top_scores, top_idx = torch.topk(scores, k_like.shape[0], dim=1)  # [B, K]
         # why: the history item most similar to each recommendation

@@ -41,6 +41,9 @@ from nightrec.embed import load_embeddings
 
 log = logging.getLogger(__name__)
 
+# bumped when the same data and config would train a different model (a new loss, fusion)
+METHOD = "encoder+neighbours-1"
+
 
 @dataclass
 class Sequences:
@@ -108,8 +111,10 @@ def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np
 
 
 def fingerprint(snapshot_dir: Path, cfg: TrainConfig, encoder: str) -> str:
-    """Same data, config and text encoder -> same version id (a re-run changes nothing)."""
+    """Same data, config, text encoder and training method -> same version id (a re-run
+    changes nothing; an upgrade whose training differs trains again)."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    h.update(METHOD.encode())
     h.update(encoder.encode())
     for name in ("interactions.parquet", "items.parquet", "text_embeddings.npy"):
         h.update(registry.sha256(snapshot_dir / name).encode())
@@ -237,6 +242,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     known[np.unique(target[~valid])] = True
     known[0] = False
     model.forget_ids(torch.from_numpy(known))  # never trained: text alone places them
+    fused = _fuse(model, hist, target, valid, cfg)
     model.fit_info = {
         "epochs_run": len(losses),
         "best_epoch": best_epoch,
@@ -244,10 +250,52 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         "valid_examples": len(t_val),
         "stopped_by": stop,
         "items_text_only": int(n_items - 1 - known.sum()),
+        "fusion": fused,
         "fit_seconds": round(time.perf_counter() - started, 2),
     }
     log.info("train: kept epoch %d of %d (%s)", best_epoch, len(losses), stop)
     return model.eval(), losses
+
+
+def _fuse(model, hist: np.ndarray, target: np.ndarray, valid: np.ndarray, cfg: TrainConfig):
+    """Choose neighbour weights on the held-out examples and set the tables (``fusion``).
+
+    Returns what was chosen, for ``fit_info``; None when off or nothing was held out.
+    """
+    import torch
+
+    from nightrec import fusion
+
+    if not cfg.neighbours or not valid.any():
+        return None
+    t0 = time.perf_counter()
+    n_items = model.text.shape[0]
+    unit = fusion.tables(hist[~valid], target[~valid], n_items, cfg.neighbours)
+    pick = np.flatnonzero(valid)[: cfg.fusion_valid]
+    a, b, ndcg = fusion.choose(
+        model, torch.from_numpy(hist[pick]), torch.from_numpy(target[pick]), unit
+    )
+    if a or b:
+        model.set_neighbours(fusion.tables(hist, target, n_items, cfg.neighbours), a, b)
+    info = {
+        "next_weight": a,
+        "near_weight": b,
+        "valid_ndcg10": round(ndcg[(a, b)], 5),
+        "valid_ndcg10_encoder_alone": round(ndcg[(0.0, 0.0)], 5),
+        "valid_examples": len(pick),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info(
+        "train: neighbour weights transitions %g, co-occurrence %g: held-out NDCG@10 %.4f "
+        "(encoder alone %.4f) over %d examples, chosen in %.1fs",
+        a,
+        b,
+        info["valid_ndcg10"],
+        info["valid_ndcg10_encoder_alone"],
+        len(pick),
+        info["seconds"],
+    )
+    return info
 
 
 def train(

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import AS_OF, write_csv
 
-from nightrec import embed, ingest, publish, registry, score, snapshot, train
+from nightrec import embed, fusion, ingest, publish, registry, score, snapshot, train
 from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig
 from nightrec.model import Encoder, TopNScorer
 
@@ -46,9 +46,10 @@ def _random_histories(rng: np.random.Generator, n: int, length: int) -> np.ndarr
     return hist
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Encoder, Path]:
-    """A random (untrained) encoder exported as version ``v-parity``."""
+@pytest.fixture(scope="module", params=["encoder", "fused"])
+def exported(request, tmp_path_factory) -> tuple[Encoder, Path]:
+    """A random (untrained) encoder exported as version ``v-parity``; "fused" adds
+    neighbour tables counted from random examples (the scatter-add in the graph)."""
     torch.manual_seed(0)
     text = torch.randn(N_ITEMS + 1, TEXT_DIM)
     text[0] = 0.0
@@ -64,6 +65,12 @@ def exported(tmp_path_factory) -> tuple[Encoder, Path]:
         }
     )
     example = _random_histories(np.random.default_rng(0), 8, PARITY_CFG.max_history)
+    if request.param == "fused":
+        rng = np.random.default_rng(1)
+        hist = _random_histories(rng, 200, PARITY_CFG.max_history)
+        target = rng.integers(1, N_ITEMS + 1, 200)
+        model.set_neighbours(fusion.tables(hist, target, N_ITEMS + 1, 5), 1.5, 0.7)
+        assert model.fused
     folder = registry.export(
         model,
         models,
@@ -118,12 +125,24 @@ def test_onnx_matches_pytorch_on_other_shapes(exported) -> None:
     # masking holds in the exported graph: no padding, inactive or excluded item
     for row in range(batch):
         assert not set(got_i[row]) & ({0, *inactive.tolist()} | set(exclude[row].tolist()))
+    # the saved weights (neighbour tables included) give the same scores back
+    again = Encoder.from_state(torch.load(folder / "encoder.pt"), PARITY_CFG)
+    assert again.fused == model.fused
+    with torch.no_grad():
+        items = model.item_vectors()
+        assert torch.equal(
+            again.scores(torch.from_numpy(hist), items), model.scores(torch.from_numpy(hist), items)
+        )
+        plain = model.user_vectors(torch.from_numpy(hist), items) @ items.T
+        # fused scores differ from the encoder's alone, so the parity above covers the scatter
+        assert torch.equal(model.scores(torch.from_numpy(hist), items), plain) != model.fused
         assert set(got_b[row]) <= set(hist[row][hist[row] > 0].tolist())
     # scores are the model's: the user vector against the item vectors
     with torch.no_grad():
         items = model.item_vectors()
-        users = model.user_vectors(torch.from_numpy(hist), items)
-        direct = torch.gather(users @ items.T, 1, torch.from_numpy(got_i)).numpy()
+        direct = torch.gather(
+            model.scores(torch.from_numpy(hist), items), 1, torch.from_numpy(got_i)
+        ).numpy()
     assert np.allclose(got_s, direct, atol=1e-4)
 
 

@@ -1,0 +1,284 @@
+"""Scoring speed against its floor and a peer: the same users and items, one run.
+
+Per scale (users x items, d 64, top N 100), each part in its own process so that its
+peak RSS is its own:
+
+- **floor**: numpy float32 ``users @ items.T`` per batch and nothing else (no masking,
+  no top-N): what any exact scorer over the full catalog must at least do.
+- **faiss**: faiss-cpu ``IndexFlatIP`` (exact inner product), asked for N + E per batch
+  (E = the batch's widest seen set) so that N unseen items remain after dropping each
+  user's seen items: exact top-N with filtering, the usual way to use it.
+- **torch-cuda** (only when torch sees a GPU): matmul + seen mask + topk on the device.
+- **nightrec core**: ``scorer.onnx`` through ONNX Runtime on the same batches (user
+  encoding, inner products, masking, top-N and the "because" item).
+- **nightrec end to end**: ``nightrec score`` on a snapshot: histories read from
+  Parquet, the scorer, top-N rows written as Parquet parts.
+
+The floor, faiss and the core run on the first ``--sample`` users (users/s does not
+depend on how many); the end-to-end step scores every user. The model is an untrained
+encoder over random text vectors exported like a trained one: speed does not depend on
+the weights.
+
+    python bench/score.py                                 # 100k x 50k and 1M x 100k
+    python bench/score.py --scales 100000:50000 --sample 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DIM, TOP_N, BATCH, TEXT_DIM, MAX_HISTORY = 64, 100, 1024, 32, 20
+VERSION = "vbench-score"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def prepare(users: int, items: int, work: Path) -> None:
+    """A snapshot (histories of 1..60 items, mean ~8) and an exported model in ``work``."""
+    import polars as pl
+    import torch
+
+    from nightrec import registry
+    from nightrec.config import Settings, TrainConfig
+    from nightrec.model import Encoder
+
+    snap = work / "snapshot"
+    if (snap / "done").is_file():
+        return
+    snap.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.geometric(1 / 8, users), 1, 60)
+    owner = np.repeat(np.arange(users), lengths)
+    item = rng.integers(1, items + 1, len(owner))
+    ids = pl.Series(np.arange(1, items + 1)).cast(pl.Utf8).str.zfill(7)
+    pl.DataFrame(
+        {"item_id": "i" + ids, "title": "t", "category": "c", "active": True}
+    ).write_parquet(snap / "items.parquet")
+    uid = "u" + pl.Series(np.arange(users)).cast(pl.Utf8).str.zfill(8)
+    pl.DataFrame({"user_id": uid}).write_parquet(snap / "users.parquet")
+    inter = pl.DataFrame(
+        {
+            "user_id": uid.gather(owner),
+            "item_id": "i" + pl.Series(item).cast(pl.Utf8).str.zfill(7),
+            "first_ts": pl.Series(np.arange(len(owner)) * 1_000_000).cast(pl.Datetime("us", "UTC")),
+        }
+    ).unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    inter.write_parquet(snap / "interactions.parquet")
+    (snap / "snapshot.json").write_text(json.dumps({"as_of": "2026-11-01"}))
+
+    cfg = TrainConfig(dim=DIM, max_history=MAX_HISTORY)
+    torch.manual_seed(0)
+    text = torch.randn(items + 1, TEXT_DIM)
+    text[0] = 0.0
+    model = Encoder(text, cfg).eval()
+    with torch.no_grad():
+        model.item_id.weight.normal_(0, 0.5)
+    settings = Settings.from_env(home=work / "home", models_dir=work / "models")
+    index = pl.DataFrame({"item_id": "i" + ids, "idx": np.arange(1, items + 1)})
+    example = np.tile(np.arange(1, MAX_HISTORY + 1), (8, 1)).astype(np.int64)
+    registry.export(
+        model, settings.models_dir, VERSION, index, {"max_history": MAX_HISTORY}, {}, example
+    )
+    registry.promote(settings.models_dir, VERSION)
+    (snap / "done").write_text("ok")
+
+
+def _batches(work: Path, sample: int):
+    """The first ``sample`` users' (histories, seen sets) in scoring batches, and the items."""
+    import polars as pl
+
+    from nightrec.model import histories, padded_sets
+    from nightrec.train import load_sequences
+
+    index = pl.read_parquet(work / "models" / VERSION / "items.parquet")
+    seqs = load_sequences(work / "snapshot", index)
+    n = min(sample, len(seqs.user_ids))
+    out = []
+    for lo in range(0, n, BATCH):
+        u = np.arange(lo, min(n, lo + BATCH))
+        s, e = seqs.starts[u], seqs.ends[u]
+        out.append((histories(seqs.seq, s, e, MAX_HISTORY), padded_sets(seqs.seq, s, e)))
+    return out, n, index.height
+
+
+def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    from nightrec import registry
+    from nightrec.config import TrainConfig
+    from nightrec.model import Encoder, TopNScorer
+
+    batches, n, m = _batches(work, sample)
+    folder = work / "models" / VERSION
+    enc = Encoder.from_state(
+        torch.load(folder / "encoder.pt"), TrainConfig(dim=DIM, max_history=MAX_HISTORY)
+    )
+    scorer = TopNScorer(enc).eval()
+    items = scorer.item_matrix.numpy()  # [M + 1, d]
+    with torch.inference_mode():  # the same user vectors for the floor and the peers
+        users = [
+            enc.user_vectors(torch.from_numpy(h), scorer.item_matrix).numpy() for h, _ in batches
+        ]
+    bias = np.zeros(m + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    t = time.perf_counter()
+    if which == "floor":
+        items_t = np.ascontiguousarray(items.T)
+        for u in users:
+            u @ items_t
+    elif which == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        index = faiss.IndexFlatIP(DIM)
+        index.add(np.ascontiguousarray(items[1:]))  # faiss id j = item index j + 1
+        t = time.perf_counter()
+        for u, (_, seen) in zip(users, batches, strict=True):
+            _, ids = index.search(np.ascontiguousarray(u), TOP_N + seen.shape[1])
+            ids = ids + 1
+            drop = (ids[:, :, None] == seen[:, None, :]).any(-1)  # [B, N + E] seen items
+            order = np.argsort(drop, axis=1, kind="stable")[:, :TOP_N]
+            np.take_along_axis(ids, order, axis=1)
+    elif which == "core":
+        sess = ort.InferenceSession(
+            str(folder / registry.SCORER), providers=["CPUExecutionProvider"]
+        )
+        t = time.perf_counter()
+        for h, seen in batches:
+            sess.run(None, registry.scorer_inputs(h, seen, bias, TOP_N))
+    elif which == "torch-cuda":
+        if not torch.cuda.is_available():
+            return {"which": which, "skipped": "no CUDA device"}
+        dev = torch.device("cuda")
+        it = torch.from_numpy(items).to(dev)
+        gpu = [
+            (torch.from_numpy(u).to(dev), torch.from_numpy(s).to(dev))
+            for u, (_, s) in zip(users, batches, strict=True)
+        ]
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for u, seen in gpu:
+            s = (u @ it.T).scatter_(1, seen, -torch.inf)
+            s[:, 0] = -torch.inf
+            torch.topk(s, TOP_N, dim=1)
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    return {
+        "which": which,
+        "users": n,
+        "seconds": seconds,
+        "users_per_s": n / seconds,
+        "peak_gb": peak_rss_gb(),
+    }
+
+
+def run_end_to_end(work: Path) -> dict:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from nightrec import score
+    from nightrec.config import ScoreConfig, Settings
+
+    settings = Settings.from_env(home=work / "home", models_dir=work / "models")
+    t = time.perf_counter()
+    stats = score.score(
+        settings, work / "snapshot", "bench", ScoreConfig(top_n=TOP_N, provider="cpu"), VERSION
+    )
+    seconds = time.perf_counter() - t
+    return {
+        "which": "end-to-end",
+        "users": stats["users"],
+        "rows": stats["rows"],
+        "seconds": seconds,
+        "users_per_s": stats["users"] / seconds,
+        "model_seconds": stats["model_seconds"],
+        "peak_gb": peak_rss_gb(),
+        "provider": stats["provider"],
+    }
+
+
+PARTS = ("floor", "faiss", "torch-cuda", "core", "end-to-end")
+
+
+def child(args: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=True
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def table(rows: list[dict]) -> str:
+    head = "| users x items | method | users timed | users/s | vs floor | peak RSS GB |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        floor = r["floor"]["users_per_s"]
+        for part in PARTS:
+            x = r[part]
+            if "skipped" in x:
+                lines.append(f"| {r['scale']} | {part} | – | {x['skipped']} | – | – |")
+                continue
+            ratio = floor / x["users_per_s"]
+            lines.append(
+                f"| {r['scale']} | {part} | {x['users']:,} | {x['users_per_s']:,.0f} | "
+                f"{ratio:.2f}x slower | {x['peak_gb']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--scales", default="100000:50000,1000000:100000")
+    ap.add_argument(
+        "--sample", type=int, default=100_000, help="users timed for floor, faiss, core"
+    )
+    ap.add_argument("--workdir", type=Path, help="keep the snapshots and models here")
+    ap.add_argument("--part", help=argparse.SUPPRESS)  # worker: prepare | floor | ... with --scale
+    ap.add_argument("--scale", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.part:
+        users, items = map(int, args.scale.split(":"))
+        work = args.workdir
+        if args.part == "prepare":
+            prepare(users, items, work)
+            res: dict = {"ok": True}
+        elif args.part == "end-to-end":
+            res = run_end_to_end(work)
+        else:
+            res = run_floor_and_peers(work, args.sample, args.part)
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nightrec-bench-score-") as tmp:
+        for scale in args.scales.split(","):
+            work = (args.workdir or Path(tmp)) / scale.replace(":", "x")
+            common = ["--scale", scale, "--workdir", str(work), "--sample", str(args.sample)]
+            child(["--part", "prepare", *common])
+            row = {"scale": scale.replace(":", " x ")}
+            for part in PARTS:
+                row[part] = child(["--part", part, *common])
+            rows.append(row)
+            print(table(rows[-1:]), flush=True)
+    print("\n" + table(rows))
+
+
+if __name__ == "__main__":
+    main()
