@@ -4,13 +4,15 @@ Per scale (users x items, d 64, top N 100), each part in its own process so that
 peak RSS is its own:
 
 - **floor**: numpy float32 ``users @ items.T`` per batch and nothing else (no masking,
-  no top-N): what any exact scorer over the full catalog must at least do.
+  no top-N): what any exact scorer over the full catalog must at least do; at the best
+  of several batch sizes (64 to 1024 users: small ones keep the product in cache).
 - **faiss**: faiss-cpu ``IndexFlatIP`` (exact inner product), asked for N + E per batch
   (E = the batch's widest seen set) so that N unseen items remain after dropping each
   user's seen items: exact top-N with filtering, the usual way to use it.
 - **torch-cuda** (only when torch sees a GPU): matmul + seen mask + topk on the device.
-- **nightrec core**: ``scorer.onnx`` through ONNX Runtime on the same batches (user
-  encoding, inner products, masking, top-N and the "because" item).
+- **nightrec core**: ``scorer.onnx`` through ONNX Runtime on the same batches, called as
+  ``nightrec score`` calls it (``ScoreConfig.model_batch`` users per call): user encoding,
+  inner products, neighbour terms, masking, top-N and the "because" item.
 - **nightrec end to end**: ``nightrec score`` on a snapshot: histories read from
   Parquet, the scorer, top-N rows written as Parquet parts.
 
@@ -40,7 +42,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DIM, TOP_N, BATCH, TEXT_DIM, MAX_HISTORY = 64, 100, 1024, 32, 20
+DIM, TOP_N, TEXT_DIM, MAX_HISTORY = 64, 100, 32, 20
+BATCH = int(os.environ.get("NIGHTREC_BENCH_BATCH", "1024"))  # users per batch (score's batch_size)
+FLOOR_BATCHES = (64, 128, 256, 1024)
 VERSION = "vbench-score"
 
 
@@ -53,9 +57,10 @@ def prepare(users: int, items: int, work: Path) -> None:
     import polars as pl
     import torch
 
-    from nightrec import registry
+    from nightrec import fusion, registry
     from nightrec.config import Settings, TrainConfig
     from nightrec.model import Encoder
+    from nightrec.train import Sequences, load_sequences, training_examples
 
     snap = work / "snapshot"
     if (snap / "done").is_file():
@@ -88,6 +93,15 @@ def prepare(users: int, items: int, work: Path) -> None:
     model = Encoder(text, cfg).eval()
     with torch.no_grad():
         model.item_id.weight.normal_(0, 0.5)
+    # neighbour tables as training counts them (from the first 200k users' histories), so
+    # that the graph has the scatter-add a trained model usually has
+    seqs = load_sequences(
+        snap, pl.DataFrame({"item_id": "i" + ids, "idx": np.arange(1, items + 1)})
+    )
+    some = min(len(seqs.ends), 200_000)
+    seqs = Sequences(seqs.user_ids[:some], seqs.seq, seqs.starts[:some], seqs.ends[:some])
+    hist, target = training_examples(seqs, cfg)
+    model.set_neighbours(fusion.tables(hist, target, items + 1, cfg.neighbours), 1.0, 1.0)
     settings = Settings.from_env(home=work / "home", models_dir=work / "models")
     index = pl.DataFrame({"item_id": "i" + ids, "idx": np.arange(1, items + 1)})
     example = np.tile(np.arange(1, MAX_HISTORY + 1), (8, 1)).astype(np.int64)
@@ -121,8 +135,9 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
     import torch
 
     from nightrec import registry
-    from nightrec.config import TrainConfig
+    from nightrec.config import ScoreConfig, TrainConfig
     from nightrec.model import Encoder, TopNScorer
+    from nightrec.score import run_scorer
 
     batches, n, m = _batches(work, sample)
     folder = work / "models" / VERSION
@@ -130,7 +145,7 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
         torch.load(folder / "encoder.pt"), TrainConfig(dim=DIM, max_history=MAX_HISTORY)
     )
     scorer = TopNScorer(enc).eval()
-    items = scorer.item_matrix.numpy()  # [M + 1, d]
+    items = scorer.item_matrix[: scorer.n_index].numpy()  # [M + 1, d]
     with torch.inference_mode():  # the same user vectors for the floor and the peers
         users = [
             enc.user_vectors(torch.from_numpy(h), scorer.item_matrix).numpy() for h, _ in batches
@@ -138,10 +153,26 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
     bias = np.zeros(m + 1, dtype=np.float32)
     bias[0] = -np.inf
     t = time.perf_counter()
-    if which == "floor":
+    if which == "floor":  # at its best batch size: small ones keep the product in cache
         items_t = np.ascontiguousarray(items.T)
-        for u in users:
-            u @ items_t
+        flat = np.concatenate(users)
+        best = None
+        for size in FLOOR_BATCHES:
+            t = time.perf_counter()
+            for lo in range(0, len(flat), size):
+                flat[lo : lo + size] @ items_t
+            took = time.perf_counter() - t
+            if best is None or took < best[0]:
+                best = (took, size)
+        assert best is not None
+        return {
+            "which": which,
+            "users": n,
+            "seconds": best[0],
+            "users_per_s": n / best[0],
+            "batch": best[1],
+            "peak_gb": peak_rss_gb(),
+        }
     elif which == "faiss":
         import faiss
 
@@ -159,9 +190,10 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
         sess = ort.InferenceSession(
             str(folder / registry.SCORER), providers=["CPUExecutionProvider"]
         )
+        chunk = ScoreConfig().model_batch
         t = time.perf_counter()
         for h, seen in batches:
-            sess.run(None, registry.scorer_inputs(h, seen, bias, TOP_N))
+            run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk)
     elif which == "torch-cuda":
         if not torch.cuda.is_available():
             return {"which": which, "skipped": "no CUDA device"}

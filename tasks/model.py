@@ -23,6 +23,8 @@ one graph, which is what gets exported to ONNX and run for every user.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -81,14 +83,21 @@ class Encoder(nn.Module):
             self.near_w = torch.from_numpy(tables.near_w * np.float32(b))
         self.fused = bool(self.next_w.any() or self.near_w.any())
 
+    def neighbour_terms(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item indices, weights), each [B, F]: what ``history`` [B, L] adds to its row.
+
+        Padding rows (index 0) add 0 to column 0, the padding item, which never ranks.
+        """
+        last = history[:, -1]
+        idx = torch.cat([self.next_idx[last], self.near_idx[history].flatten(1)], dim=1)
+        w = torch.cat([self.next_w[last], self.near_w[history].flatten(1)], dim=1)
+        return idx, w
+
     def add_neighbours(self, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` [B, M + 1] plus the neighbour terms of ``history`` [B, L]."""
         if not self.fused:  # decided when traced: an unfused model exports no scatter
             return scores
-        last = history[:, -1]
-        idx = torch.cat([self.next_idx[last], self.near_idx[history].flatten(1)], dim=1)
-        w = torch.cat([self.next_w[last], self.near_w[history].flatten(1)], dim=1)
-        return scores.scatter_add(1, idx, w)  # padding rows add 0 to column 0
+        return scores.scatter_add(1, *self.neighbour_terms(history))
 
     def scores(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B, M + 1] scores of every item (index 0 included) for ``history`` [B, L]."""
@@ -169,18 +178,41 @@ class Encoder(nn.Module):
         return users @ self.item_vectors(cand, keep).T - log_q[cand], labels
 
 
-class TopNScorer(nn.Module):
-    """One fused scoring pass; the item matrix is frozen into the graph."""
+MAX_TOP_N = 1000  # the largest top N a scorer is asked for (ScoreConfig.top_n's bound)
 
-    item_matrix: torch.Tensor  # buffer: [M + 1, dim]
+
+def block_size(n_items: int) -> int:
+    """Columns per block of the two-stage top-N (1: one plain top-N over every item).
+
+    Cost per user ~ G + N·S for G = n/S blocks: least near S = sqrt(n / N) (N = 100); and
+    G >= MAX_TOP_N so that any top N fits in whole blocks.
+    """
+    return max(1, min(n_items // MAX_TOP_N, int(math.sqrt(n_items / 100))))
+
+
+class TopNScorer(nn.Module):
+    """One fused scoring pass; the item matrix is frozen into the graph.
+
+    Top-N in two stages when the catalog is large: the scores [B, M + 1] are seen as G
+    blocks of S columns (the item matrix is padded with zero rows and their bias is
+    -inf), the N blocks with the highest maxima are kept, and the top N is taken among
+    their N·S items. Exact: an item of the top N sits in a block whose maximum is at
+    least its score, and fewer than N blocks can beat it. Ties keep the plain top-N's
+    order (lower item index first): blocks are ranked by maximum then index, and
+    gathered in index order.
+    """
+
+    item_matrix: torch.Tensor  # buffer: [G * S, dim], rows past M + 1 all zeros
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         self.encoder = encoder
         with torch.no_grad():
-            self.register_buffer(
-                "item_matrix", encoder.item_vectors().detach().clone()
-            )  # [M+1, dim]
+            items = encoder.item_vectors().detach().clone()  # [M + 1, dim]
+        self.n_index = items.shape[0]
+        self.block = block_size(self.n_index)
+        pad = -self.n_index % self.block
+        self.register_buffer("item_matrix", nn.functional.pad(items, (0, 0, 0, pad)))
 
     def forward(
         self,
@@ -189,14 +221,39 @@ class TopNScorer(nn.Module):
         item_bias: torch.Tensor,  # [M + 1] float32: 0, or -inf for inactive items and padding
         k_like: torch.Tensor,  # [K]: only its length is read, so K is chosen at run time
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scores = self.encoder.scores(history, self.item_matrix) + item_bias  # [B, M+1]
-        scores = scores.scatter(1, exclude, NEG)
-        top_scores, top_idx = torch.topk(scores, k_like.shape[0], dim=1)  # [B, K]
+        k = k_like.shape[0]
+        pad = self.item_matrix.shape[0] - self.n_index
+        bias = nn.functional.pad(item_bias, (0, pad), value=NEG)  # [G * S]
+        users = self.encoder.user_vectors(history, self.item_matrix)  # [B, dim]
+        scores = users @ self.item_matrix.T + bias  # [B, G * S]: one Gemm in ONNX Runtime
+        if self.encoder.fused:  # neighbour terms and the seen items' -inf in one scatter
+            idx, w = self.encoder.neighbour_terms(history)
+            idx = torch.cat([idx, exclude], dim=1)
+            w = torch.cat([w, torch.full(exclude.shape, NEG, dtype=w.dtype)], dim=1)
+            scores = scores.scatter_add(1, idx, w)
+        else:
+            scores = scores.scatter(1, exclude, NEG)
+        if self.block == 1:
+            top_scores, top_idx = torch.topk(scores, k, dim=1)  # [B, K]
+        else:
+            top_scores, top_idx = self._two_stage(scores, k)
         # why: the history item most similar to each recommendation
         sim = self.item_matrix[top_idx] @ self.item_matrix[history].transpose(1, 2)  # [B, K, L]
         sim = sim.masked_fill((history == 0).unsqueeze(1), NEG)
         because = torch.gather(history, 1, sim.argmax(-1))  # [B, K]
         return top_scores, top_idx, because
+
+    def _two_stage(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, b = self.block, scores.shape[0]
+        blocks = scores.reshape(-1, s)  # [B * G, S]: block g of user i is row i * G + g
+        g = scores.shape[1] // s
+        _, best = torch.topk(blocks.amax(-1).reshape(b, g), k, dim=1)  # [B, K] blocks to search
+        best, _ = torch.sort(best, dim=1)  # index order: ties go to the lower item index
+        rows = best + torch.arange(b, device=best.device).unsqueeze(1) * g  # [B, K]
+        cand = blocks[rows.reshape(-1)].reshape(b, -1)  # [B, K * S]: whole rows, no per-cell index
+        top_scores, pos = torch.topk(cand, k, dim=1)  # [B, K]
+        top_idx = torch.gather(best, 1, pos // s) * s + pos % s
+        return top_scores, top_idx
 
 
 def histories(seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:

@@ -94,7 +94,7 @@ def export(
     models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp.mkdir()
     scorer = TopNScorer(model).eval()
-    n = scorer.item_matrix.shape[0]
+    n = scorer.n_index
     bias = np.zeros(n, dtype=np.float32)
     bias[0] = -np.inf
     # export example: batch 2, 3 excluded, k 5; parity below uses other sizes

@@ -126,7 +126,9 @@ def score(
         hist = histories(seqs.seq, starts, ends, max_history)
         seen = padded_sets(seqs.seq, starts, ends)
         t = time.perf_counter()
-        top_s, top_i, because = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))
+        top_s, top_i, because = run_scorer(
+            sess, hist, seen, ends - starts, bias, k, cfg.model_batch
+        )
         t_model += time.perf_counter() - t
         keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
         written += int(keep.any(axis=1).sum())
@@ -194,6 +196,30 @@ def score(
         users.len() / max(seconds, 1e-9),
     )
     return stats
+
+
+def run_scorer(
+    sess,
+    hist: np.ndarray,
+    seen: np.ndarray,
+    widths: np.ndarray,
+    bias: np.ndarray,
+    k: int,
+    chunk: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scorer over ``hist`` [B, L] in calls of ``chunk`` users; outputs [B, k] each.
+
+    Each call's seen-items matrix is cut to its own widest user (``widths`` [B]).
+    """
+    outs = []
+    for lo in range(0, len(hist), chunk):
+        hi = min(lo + chunk, len(hist))
+        width = max(int(widths[lo:hi].max()), 1)
+        part = np.ascontiguousarray(seen[lo:hi, :width])
+        outs.append(sess.run(None, registry.scorer_inputs(hist[lo:hi], part, bias, k)))
+    if len(outs) == 1:
+        return tuple(outs[0])  # type: ignore[return-value]
+    return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
 
 
 def _write_part(frames: list[pl.DataFrame], folder: Path, n: int) -> int:

@@ -378,3 +378,101 @@ def test_sampled_softmax_training_is_deterministic(planted, two_torch_threads, c
     assert loss1 == loss2 and np.isfinite(loss1).all()
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+# ---------------------------------------------------------------- two-stage top-N
+
+
+class _TwoStage(torch.nn.Module):
+    """Only the scorer's two-stage top-N, on given scores (ties made on purpose)."""
+
+    def __init__(self, block: int) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, scores: torch.Tensor, k_like: torch.Tensor):
+        return TopNScorer._two_stage(self, scores, k_like.shape[0])  # type: ignore[arg-type]
+
+
+def _reference_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: every row fully sorted by score descending, ties by lower index."""
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores))
+    top = order[:, :k]
+    return np.take_along_axis(scores, top, axis=1), top
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_two_stage_top_n_is_exact_with_ties_in_onnx(tmp_path: Path, k: int) -> None:
+    rng = np.random.default_rng(k)
+    block, blocks = 4, 50
+    # few distinct values: ties inside blocks, across blocks and at the N-th place
+    scores = rng.integers(0, 6, (9, block * blocks)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf  # masked items tie too
+    scores[0] = 3.0  # a row of one value: the lowest indices win
+    path = tmp_path / "two_stage.onnx"
+    torch.onnx.export(
+        _TwoStage(block),
+        (torch.from_numpy(scores[:2]), torch.zeros(3)),
+        str(path),
+        dynamo=True,
+        input_names=["scores", "k_like"],
+        dynamic_shapes={
+            "scores": {0: torch.export.Dim("batch", min=1)},
+            "k_like": {0: torch.export.Dim("k", min=1, max=blocks)},
+        },
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got_s, got_i = sess.run(None, {"scores": scores, "k_like": np.zeros(k, np.float32)})
+    want_s, want_i = _reference_top(scores, k)
+    assert np.array_equal(got_s, want_s)
+    finite = np.isfinite(want_s)  # among -inf the order is irrelevant: never published
+    assert np.array_equal(got_i[finite], want_i[finite])
+    assert got_i[0].tolist() == list(range(k))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_large_catalog_scorer_matches_brute_force(tmp_path: Path, fused: bool) -> None:
+    """A catalog big enough for the two-stage top-N: ONNX against a NumPy reference over
+    every item, with inactive and seen items masked (and neighbour terms when fused)."""
+    n_items, length = 3999, 8
+    torch.manual_seed(5)
+    text = torch.randn(n_items + 1, 8)
+    text[0] = 0.0
+    cfg = TrainConfig(dim=16, max_history=length)
+    model = Encoder(text, cfg).eval()
+    rng = np.random.default_rng(9)
+    if fused:
+        examples = rng.integers(0, n_items + 1, (20_000, length))
+        targets = rng.integers(1, n_items + 1, 20_000)
+        model.set_neighbours(fusion.tables(examples, targets, n_items + 1, 20), 2.0, 1.0)
+        assert model.fused
+    scorer = TopNScorer(model)
+    assert scorer.block > 1 and scorer.item_matrix.shape[0] % scorer.block == 0
+    index = pl.DataFrame(
+        {"item_id": [f"i{i:05d}" for i in range(1, n_items + 1)], "idx": np.arange(1, n_items + 1)}
+    )
+    example = rng.integers(1, n_items + 1, (8, length))
+    folder = registry.export(model, tmp_path, "v-big", index, dataclasses.asdict(cfg), {}, example)
+    sess = ort.InferenceSession(str(folder / registry.SCORER), providers=["CPUExecutionProvider"])
+
+    hist = rng.integers(1, n_items + 1, (64, length))
+    hist[:10, :5] = 0  # short histories
+    seen = np.concatenate([hist, rng.integers(1, n_items + 1, (64, 30))], axis=1)
+    bias = np.zeros(n_items + 1, np.float32)
+    bias[0] = -np.inf
+    bias[rng.choice(np.arange(1, n_items + 1), 300, replace=False)] = -np.inf
+    with torch.no_grad():
+        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
+    np.put_along_axis(full, seen, -np.inf, axis=1)
+    for k in (1, 100, 1000):
+        got_s, got_i, _ = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))
+        want_s, want_i = _reference_top(full, k)
+        assert np.allclose(got_s, want_s, atol=1e-4, rtol=0)
+        gaps = np.abs(np.diff(want_s, axis=1)) > 1e-4
+        untied = np.ones_like(want_s, dtype=bool)
+        untied[:, 1:] &= gaps
+        untied[:, :-1] &= gaps
+        assert untied.mean() > 0.9
+        assert np.array_equal(got_i[untied], want_i[untied])
+        for row in range(len(hist)):  # never a seen, inactive or padding item
+            assert not set(got_i[row]) & (set(seen[row]) | set(np.flatnonzero(bias < 0)))
