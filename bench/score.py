@@ -15,6 +15,8 @@ peak RSS is its own:
   inner products, neighbour terms, masking, top-N and the "because" item.
 - **nightrec end to end**: ``nightrec score`` on a snapshot: histories read from
   Parquet, the scorer, top-N rows written as Parquet parts.
+- **publish** of those rows (``nightrec publish``: the serving version, its checks, the
+  catalog) beside its floor, DuckDB copying the same parts into one Parquet file.
 
 The floor, faiss and the core run on the first ``--sample`` users (users/s does not
 depend on how many); the end-to-end step scores every user. The model is an untrained
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -245,7 +248,41 @@ def run_end_to_end(work: Path) -> dict:
     }
 
 
+def run_publish(work: Path, which: str) -> dict:
+    """Publish the end-to-end step's rows (``publish``), or the floor: DuckDB copying the
+    same Parquet parts into one Parquet file and nothing else (``publish-floor``)."""
+    import datetime as dt
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import duckdb
+
+    from nightrec import publish
+    from nightrec.config import Settings
+
+    settings = Settings.from_env(home=work / "home", models_dir=work / "models")
+    parts = sorted(str(p) for p in settings.scores_dir("bench").glob("shard-*/part-*.parquet"))
+    shutil.rmtree(settings.serving, ignore_errors=True)
+    out = work / "floor.parquet"
+    t = time.perf_counter()
+    if which == "publish":
+        rows = publish.publish(settings, "bench", dt.date(2026, 11, 1))["rows"]
+    else:
+        with duckdb.connect() as con:
+            con.execute(
+                "copy (select * from read_parquet($p)) to $o (format parquet)",
+                {"p": parts, "o": str(out)},
+            )
+            rows = con.execute("select count(*) from read_parquet($o)", {"o": str(out)}).fetchone()[
+                0
+            ]
+    seconds = time.perf_counter() - t
+    out.unlink(missing_ok=True)
+    return {"which": which, "rows": rows, "seconds": seconds, "peak_gb": peak_rss_gb()}
+
+
 PARTS = ("floor", "faiss", "torch-cuda", "core", "end-to-end")
+PUBLISH = ("publish-floor", "publish")
 
 
 def child(args: list[str]) -> dict:
@@ -271,6 +308,17 @@ def table(rows: list[dict]) -> str:
                 f"| {r['scale']} | {part} | {x['users']:,} | {x['users_per_s']:,.0f} | "
                 f"{ratio:.2f}x slower | {x['peak_gb']:.2f} |"
             )
+    head = "| users x items | publish | rows | M rows/s | vs floor | peak RSS GB |"
+    lines += ["", head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        floor = r["publish-floor"]["rows"] / r["publish-floor"]["seconds"]
+        for part in PUBLISH:
+            x = r[part]
+            rate = x["rows"] / x["seconds"]
+            lines.append(
+                f"| {r['scale']} | {part} | {x['rows']:,} | {rate / 1e6:.2f} | "
+                f"{floor / rate:.2f}x slower | {x['peak_gb']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -294,6 +342,8 @@ def main() -> None:
             res: dict = {"ok": True}
         elif args.part == "end-to-end":
             res = run_end_to_end(work)
+        elif args.part in PUBLISH:
+            res = run_publish(work, args.part)
         else:
             res = run_floor_and_peers(work, args.sample, args.part)
         print("RESULT " + json.dumps(res), flush=True)
@@ -305,7 +355,7 @@ def main() -> None:
             common = ["--scale", scale, "--workdir", str(work), "--sample", str(args.sample)]
             child(["--part", "prepare", *common])
             row = {"scale": scale.replace(":", " x ")}
-            for part in PARTS:
+            for part in PARTS + PUBLISH:
                 row[part] = child(["--part", part, *common])
             rows.append(row)
             print(table(rows[-1:]), flush=True)

@@ -2,7 +2,8 @@
 
 Layout under ``serving/``::
 
-    versions/<id>/serving.duckdb            recommendations + serving_info (one run)
+    versions/<id>/serving.duckdb            recommendations (a view of the Parquet file)
+                                            and serving_info, for readers of one run
     versions/<id>/recommendations.parquet   the same rows
     versions/<id>/items.parquet             item_id, title, category, active (for readers)
     versions/<id>/serving_info.json         run, date, model version, counts
@@ -11,8 +12,10 @@ Layout under ``serving/``::
     current -> versions/<id>                symlink, for readers of one DuckDB file
     live.jsonl                              every change of the live version (for rollback)
 
-A version is built under a temporary name, checked (``sql/check_recommendations.sql``)
-and renamed into place; files in a version folder never change afterwards. Going live
+A version is built under a temporary name in one pass over the score parts (their
+rows were checked, and their checksums taken, as they were scored), renamed into
+place and completed by ``serving_info.json``; files in a version folder never change
+afterwards. Going live
 swaps ``current.json``, ``current`` and ``serving.duckdb``, each with one ``rename``.
 
 **The serving rule.** A run goes live only if its ``as_of`` is not older than the live
@@ -109,25 +112,79 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def part_list(stats: list[dict], scores_dir: Path) -> tuple[list[str], str]:
+    """The run's score parts, in shard order, and a digest of their listed checksums.
+
+    Each shard's ``_SUCCESS.json`` lists its parts with the size and SHA-256 taken when
+    they were written; a part whose size on disk differs, or that is missing, fails
+    here (a cheap stat, no second read of the data). Shards scored before parts were
+    listed are hashed from disk.
+    """
+    digest = hashlib.sha256()
+    paths: list[str] = []
+    for st in sorted(stats, key=lambda x: x["shard"]):
+        folder = scores_dir / f"shard-{st['shard']:05d}-of-{st['num_shards']:05d}"
+        listed = st.get("parts")
+        if listed is None:  # written by an older nightrec: hash what is there
+            listed = [
+                {"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size}
+                for f in sorted(folder.glob("part-*.parquet"))
+            ]
+        on_disk = sorted(f.name for f in folder.glob("part-*.parquet"))
+        if on_disk != sorted(x["name"] for x in listed):
+            raise ContractError(
+                f"{folder}: parts on disk {on_disk} are not the ones scoring listed: re-run score"
+            )
+        for part in listed:
+            path = folder / part["name"]
+            if path.stat().st_size != part["bytes"]:
+                raise ContractError(
+                    f"{path}: {path.stat().st_size} bytes, scoring wrote {part['bytes']}: "
+                    "changed since it was scored; re-run score"
+                )
+            digest.update(f"{st['shard']}/{part['name']}:{part['sha256']}\n".encode())
+            paths.append(str(path))
+    return paths, digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _build_version(
-    settings: Settings, run_id: str, as_of: dt.date, stats: list[dict], parts: list[str]
+    settings: Settings, run_id: str, as_of: dt.date, stats: list[dict]
 ) -> tuple[str, int, int]:
-    """Build ``versions/<id>`` unless it exists; returns (id, rows, users)."""
+    """Build ``versions/<id>`` unless it exists; returns (id, rows, users).
+
+    One pass over the data: the score parts are copied by DuckDB into
+    ``recommendations.parquet`` (rows already checked by the score step); the version's
+    ``serving.duckdb`` holds a view over that file and ``serving_info``. The folder is
+    renamed into place, the view is made at its final path, and ``serving_info.json``,
+    written last, marks the version complete.
+    """
+    parts, parts_digest = part_list(stats, settings.scores_dir(run_id))
     digest = hashlib.sha256(run_id.encode())
-    for p in parts:
-        digest.update(Path(p).read_bytes())
+    digest.update(parts_digest.encode())
     serving_id = f"{as_of:%Y%m%d}-{digest.hexdigest()[:10]}"
     final = settings.serving / "versions" / serving_id
-    if final.is_dir():  # renamed into place only when complete
+    if (final / "serving_info.json").is_file():
         log.info("publish: %s already built from these scores", serving_id)
         done = version_info(settings, serving_id)
         return serving_id, done["rows"], done["users"]
+    shutil.rmtree(final, ignore_errors=True)  # a build that stopped after its rename
     tmp = final.with_name(f".{serving_id}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model_version = stats[0]["model_version"]
+    rows = sum(int(s["rows"]) for s in stats)
+    users = sum(int(s["users_written"]) for s in stats)
+    snapshot_dir = Path(stats[0].get("snapshot") or settings.snapshot_dir(as_of))
+    check_coverage(stats, snapshot_dir, users)
     with db.connect(tmp / SERVING_DB, read_only=False, schema=False) as con:
-        con.execute("begin")
         db.run(
             con,
             "publish_recommendations",
@@ -136,40 +193,44 @@ def _build_version(
                 "model_version": model_version,
                 "run_id": run_id,
                 "generated_at": dt.datetime.combine(as_of, dt.time(), dt.UTC),
+                "path": str(tmp / RECS_PARQUET),
             },
+        )
+        got = db.one(con, "select count(*) from read_parquet($p)", {"p": str(tmp / RECS_PARQUET)})
+    if got[0] != rows:
+        raise ContractError(
+            f"run {run_id}: {got[0]} rows published but the score shards wrote {rows}: re-run score"
+        )
+    shutil.rmtree(tmp / f"{SERVING_DB}.tmp", ignore_errors=True)  # DuckDB spill folder
+    items = snapshot_dir / "items.parquet"
+    pl.read_parquet(items, columns=["item_id", "title", "category", "active"]).write_parquet(
+        tmp / ITEMS_PARQUET
+    )
+    tmp.rename(final)
+    with db.connect(final / SERVING_DB, read_only=False, schema=False) as con:
+        con.execute(
+            "create view recommendations as select * from read_parquet("
+            + db.path_literal(final.resolve() / RECS_PARQUET)
+            + ")"
         )
         con.execute(
             "create table serving_info as select $run_id as run_id, $as_of::date as as_of, "
             "$model_version as model_version, $serving_id as serving_id, "
-            "(select count(*) from recommendations) as rows, "
-            "(select count(distinct user_id) from recommendations) as users",
+            "$rows::bigint as rows, $users::bigint as users",
             {
                 "run_id": run_id,
                 "as_of": as_of,
                 "model_version": model_version,
                 "serving_id": serving_id,
+                "rows": rows,
+                "users": users,
             },
         )
-        con.execute("commit")
-        bad = db.frame(con, "check_recommendations")
-        if bad.height:
-            raise ContractError(f"recommendations of {run_id} fail checks: {bad.rows()[:5]}")
-        con.execute(
-            "copy recommendations to $path (format parquet)", {"path": str(tmp / RECS_PARQUET)}
-        )
-        rows, users = db.one(con, "select rows, users from serving_info")
-    snapshot_dir = Path(stats[0].get("snapshot") or settings.snapshot_dir(as_of))
-    check_coverage(stats, snapshot_dir, users)
-    items = snapshot_dir / "items.parquet"
-    pl.read_parquet(items, columns=["item_id", "title", "category", "active"]).write_parquet(
-        tmp / ITEMS_PARQUET
-    )
-    info = {"serving_id": serving_id, "run_id": run_id, "as_of": as_of.isoformat()}
-    info |= {"model_version": model_version, "rows": rows, "users": users}
-    (tmp / "serving_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(tmp / f"{SERVING_DB}.tmp", ignore_errors=True)  # DuckDB spill folder
-    share_serving(settings, tmp)
-    tmp.rename(final)
+    info: dict[str, object] = {"serving_id": serving_id, "run_id": run_id}
+    info |= {"as_of": as_of.isoformat(), "model_version": model_version}
+    info |= {"rows": rows, "users": users}
+    _write_atomic(final / "serving_info.json", json.dumps(info, indent=2))  # complete
+    share_serving(settings, final)
     return serving_id, rows, users
 
 
@@ -178,8 +239,7 @@ def publish(settings: Settings, run_id: str, as_of: dt.date, promote: bool = Fal
     started = time.perf_counter()
     check_as_of(as_of)
     stats = shard_results(settings.scores_dir(run_id))
-    parts = sorted(str(p) for p in settings.scores_dir(run_id).glob("shard-*-of-*/part-*.parquet"))
-    serving_id, rows, users = _build_version(settings, run_id, as_of, stats, parts)
+    serving_id, rows, users = _build_version(settings, run_id, as_of, stats)
     model_version = stats[0]["model_version"]
     with file_lock(settings.serving / ".publish.lock", what="the serving pointer"):
         now = live(settings)
@@ -287,7 +347,11 @@ def versions(settings: Settings) -> list[str]:
     folder = settings.serving / "versions"
     if not folder.is_dir():
         return []
-    done = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    done = [
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and (p / "serving_info.json").is_file()
+    ]  # serving_info.json is written last: a folder without it is an unfinished build
     return [p.name for p in sorted(done, key=lambda p: (p.stat().st_mtime, p.name))]
 
 

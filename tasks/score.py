@@ -5,10 +5,16 @@ no history among the model's items get the most popular active items (reason
 ``popular``). Output: Parquet parts under ``scores/<run_id>/shard-<i>-of-<n>/``,
 written to a temporary folder and renamed when the shard is complete. Sharding is by
 a stable hash of the user id, so shards can run as separate (mapped) tasks.
+
+Every batch is checked as it is made (no item twice in a user's list; ranks run
+1..n), and each part's SHA-256 and size are taken from the bytes as they are written
+and listed in the shard's ``_SUCCESS.json``: publish never reads a part twice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import shutil
@@ -117,6 +123,7 @@ def score(
     tmp.mkdir(parents=True)
     max_history = int(manifest["config"]["max_history"])
     parts, pending, rows, t_model = 0, [], 0, 0.0
+    written_parts: list[dict] = []
     written = 0  # users given at least one item; with the "empty" ones, every user of the shard
     u_all = warm["u"].to_numpy()
     widths = seqs.ends[u_all] - seqs.starts[u_all]  # seen items per user: the exclude width
@@ -131,6 +138,7 @@ def score(
         )
         t_model += time.perf_counter() - t
         keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
+        _check_lists(top_i, keep, warm["user_id"][lo], cfg.shard)
         written += int(keep.any(axis=1).sum())
         row_user = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[keep]
         rank = (np.cumsum(keep, axis=1))[keep]
@@ -148,7 +156,7 @@ def score(
             )
         )
         if len(pending) == BATCHES_PER_PART:
-            rows += _write_part(pending, tmp, parts)
+            rows += _write_part(pending, tmp, parts, written_parts)
             parts, pending = parts + 1, []
             done = lo + len(u)
             log.info(
@@ -158,12 +166,13 @@ def score(
                 done / (time.perf_counter() - started),
             )
     if pending:
-        rows += _write_part(pending, tmp, parts)
+        rows += _write_part(pending, tmp, parts, written_parts)
         parts += 1
     if cold.len():
         popular = popular_for(cold, snapshot_dir, cfg)
         written += popular["user_id"].n_unique()
-        rows += _write_part([popular], tmp, parts)
+        _check_frame(popular)
+        rows += _write_part([popular], tmp, parts, written_parts)
         parts += 1
     seconds = time.perf_counter() - started
     stats = {
@@ -182,6 +191,8 @@ def score(
         "num_shards": cfg.num_shards,
         "seconds": round(seconds, 3),
         "model_seconds": round(t_model, 3),
+        "parts": written_parts,  # name, rows, bytes, sha256: publish trusts these
+        "checked": "no item twice per user, ranks 1..n",
     }
     (tmp / "_SUCCESS.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(out, ignore_errors=True)
@@ -222,10 +233,57 @@ def run_scorer(
     return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
 
 
-def _write_part(frames: list[pl.DataFrame], folder: Path, n: int) -> int:
+def _write_part(frames: list[pl.DataFrame], folder: Path, n: int, listed: list[dict]) -> int:
+    """Write one Parquet part; its name, rows, size and SHA-256 are appended to ``listed``."""
     frame = pl.concat(frames)
-    frame.write_parquet(folder / f"part-{n:05d}.parquet")
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    data = buf.getbuffer()
+    name = f"part-{n:05d}.parquet"
+    with open(folder / name, "wb") as f:
+        f.write(data)
+    listed.append(
+        {
+            "name": name,
+            "rows": frame.height,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
     return frame.height
+
+
+def _check_lists(top_i: np.ndarray, keep: np.ndarray, first_user: object, shard: int) -> None:
+    """No item twice in a list ([B, K] indices, ``keep`` the published cells).
+
+    Ranks are the running count of kept cells, so they run 1..n by construction.
+    """
+    marked = np.where(keep, top_i, -1 - np.arange(top_i.shape[1]))  # dropped cells differ
+    srt = np.sort(marked, axis=1)
+    bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+    if len(bad):
+        raise ContractError(
+            f"score shard {shard}: a list repeats an item (batch starting at user "
+            f"{first_user!r}, row {int(bad[0])}): not written"
+        )
+
+
+def _check_frame(frame: pl.DataFrame) -> None:
+    """The same checks on rows made in SQL (popular lists): unique items, ranks 1..n."""
+    if frame.is_empty():
+        return
+    dup = frame.select(pl.struct("user_id", "item_id").is_duplicated().any()).item()
+    rank = pl.col("rank")
+    gaps = (
+        frame.group_by("user_id")
+        .agg(n=pl.len(), lo=rank.min(), hi=rank.max(), u=rank.n_unique())
+        .filter((pl.col("lo") != 1) | (pl.col("hi") != pl.col("n")) | (pl.col("u") != pl.col("n")))
+    )
+    if dup or gaps.height:
+        raise ContractError(
+            f"popular lists fail checks (duplicate item: {dup}; users with rank gaps: "
+            f"{gaps['user_id'].head(3).to_list()}): not written"
+        )
 
 
 def popular_for(cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig) -> pl.DataFrame:

@@ -340,3 +340,62 @@ def test_three_shards_publish_the_same_table_as_one(run1, tmp_path: Path) -> Non
     assert sharded.height == whole.height
     assert sharded.select(key).equals(whole.select(key))
     assert np.allclose(sharded["score"].to_numpy(), whole["score"].to_numpy(), atol=1e-5)
+
+
+def test_parts_are_listed_with_their_checksums_and_a_changed_part_stops_publish(
+    run1, tmp_path: Path
+) -> None:
+    settings = isolated(run1, tmp_path)
+    stats = score.score(
+        settings, run1["snapshot"], "runP", ScoreConfig(top_n=TOP_N, provider="cpu")
+    )
+    folder = score.shard_dir(settings, "runP", 0, 1)
+    listed = {p["name"]: p for p in stats["parts"]}
+    assert sorted(listed) == sorted(f.name for f in folder.glob("part-*.parquet"))
+    for name, part in listed.items():  # taken from the bytes written, so equal to the file's
+        assert part["sha256"] == publish.sha256_file(folder / name)
+        assert part["rows"] == pl.read_parquet(folder / name).height
+    assert sum(p["rows"] for p in stats["parts"]) == stats["rows"]
+    # a part rewritten after scoring (one row fewer): publish refuses, nothing is built
+    victim = folder / sorted(listed)[0]
+    pl.read_parquet(victim).head(-1).write_parquet(victim)
+    with pytest.raises(ContractError, match="changed since it was scored"):
+        publish.publish(settings, "runP", AS_OF)
+    assert publish.versions(settings) == []
+    # a part that scoring did not write is refused too
+    score.score(settings, run1["snapshot"], "runP", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    pl.read_parquet(victim).write_parquet(folder / "part-99999.parquet")
+    with pytest.raises(ContractError, match="not the ones scoring listed"):
+        publish.publish(settings, "runP", AS_OF)
+
+
+def test_an_unfinished_version_folder_is_rebuilt_not_served(run1, tmp_path: Path) -> None:
+    settings = isolated(run1, tmp_path)
+    score.score(settings, run1["snapshot"], "runU", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    first = publish.publish(settings, "runU", AS_OF)
+    final = settings.serving / "versions" / first["serving_id"]
+    (final / "serving_info.json").unlink()  # as if the build stopped after its rename
+    assert publish.versions(settings) == []
+    again = publish.publish(settings, "runU", AS_OF)
+    assert again["serving_id"] == first["serving_id"]
+    assert publish.versions(settings) == [first["serving_id"]]
+    recs = read_table(final / publish.SERVING_DB)
+    assert recs.height == again["rows"] == first["rows"]
+    assert (
+        read_table(final / publish.SERVING_DB, "select rows from serving_info").item()
+        == recs.height
+    )
+
+
+def test_a_list_with_a_repeated_item_is_never_written() -> None:
+    top = np.array([[3, 5, 7], [4, 4, 9]])
+    keep = np.array([[True, True, True], [True, True, False]])
+    with pytest.raises(ContractError, match="repeats an item"):
+        score._check_lists(top, keep, "u1", 0)
+    keep[1, 1] = False  # the repeat is not published (a short list): fine
+    score._check_lists(top, keep, "u1", 0)
+    frame = pl.DataFrame(
+        {"user_id": ["a", "a", "b"], "rank": [1, 3, 1], "item_id": ["x", "y", "x"]}
+    )
+    with pytest.raises(ContractError, match="rank gaps"):
+        score._check_frame(frame)
