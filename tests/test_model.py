@@ -430,10 +430,26 @@ def test_two_stage_top_n_is_exact_with_ties_in_onnx(tmp_path: Path, k: int) -> N
     assert got_i[0].tolist() == list(range(k))
 
 
+PROVIDERS = [
+    "CPUExecutionProvider",
+    pytest.param(
+        "CUDAExecutionProvider",
+        marks=pytest.mark.skipif(
+            "CUDAExecutionProvider" not in ort.get_available_providers(),
+            reason="no CUDA provider in this ONNX Runtime (onnxruntime-gpu on a GPU host)",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("fused", [False, True])
-def test_large_catalog_scorer_matches_brute_force(tmp_path: Path, fused: bool) -> None:
+def test_large_catalog_scorer_matches_brute_force(
+    tmp_path: Path, fused: bool, provider: str
+) -> None:
     """A catalog big enough for the two-stage top-N: ONNX against a NumPy reference over
-    every item, with inactive and seen items masked (and neighbour terms when fused)."""
+    every item, with inactive and seen items masked (and neighbour terms when fused), on
+    every execution provider this host has."""
     n_items, length = 3999, 8
     torch.manual_seed(5)
     text = torch.randn(n_items + 1, 8)
@@ -453,7 +469,8 @@ def test_large_catalog_scorer_matches_brute_force(tmp_path: Path, fused: bool) -
     )
     example = rng.integers(1, n_items + 1, (8, length))
     folder = registry.export(model, tmp_path, "v-big", index, dataclasses.asdict(cfg), {}, example)
-    sess = ort.InferenceSession(str(folder / registry.SCORER), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(folder / registry.SCORER), providers=[provider])
+    assert sess.get_providers()[0] == provider
 
     hist = rng.integers(1, n_items + 1, (64, length))
     hist[:10, :5] = 0  # short histories
