@@ -87,6 +87,31 @@ PARAMS = {
         title="Promote",
         description="Serve this run and its model even if its date is older than the live one.",
     ),
+    "alpha": Param(
+        1.0,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Similarity weight (alpha)",
+        description="score = alpha * similarity + (1 - alpha) * recent popularity; "
+        "1 (default): the encoder's order.",
+    ),
+    "mmr_lambda": Param(
+        0.0,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Diversity (MMR lambda)",
+        description="0 (default): off; towards 1, lists of less alike items (text vectors).",
+    ),
+    "category_cap": Param(
+        0,
+        type="integer",
+        minimum=0,
+        maximum=1000,
+        title="Items per category",
+        description="At most this many items of one category in a list; 0 (default): no cap.",
+    ),
     "score_shards": Param(
         1,
         type="integer",
@@ -235,9 +260,16 @@ def nightly_recommendations():
         from pathlib import Path
 
         from nightrec.config import ScoreConfig, Settings
+        from nightrec.ranking import RankConfig
         from nightrec.score import score
 
         params = context["params"]
+        rank = _call(
+            RankConfig,
+            alpha=params["alpha"],
+            mmr_lambda=params["mmr_lambda"],
+            category_cap=params["category_cap"],
+        )
         cfg = _call(
             ScoreConfig,
             top_n=params["top_n"],
@@ -246,7 +278,9 @@ def nightly_recommendations():
             shard=shard,
         )
         settings = Settings.from_env()
-        return _call(score, settings, Path(snapshot_dir), context["run_id"], cfg, model_version)
+        return _call(
+            score, settings, Path(snapshot_dir), context["run_id"], cfg, model_version, rank
+        )
 
     @task(pool=WAREHOUSE_POOL, outlets=[RECOMMENDATIONS])
     def publish(scored: list, plan: dict, **context) -> dict:

@@ -1,8 +1,9 @@
 -- The reader-facing catalog serving/serving.duckdb, rebuilt at every publish and swapped
 -- in by rename. Its views point at versioned files that never change once written, so a
 -- reader who opened the catalog keeps a consistent view while newer versions are published.
--- DuckDB cannot bind parameters in a view definition: {live_parquet}, {live_items} and
--- {all_parquet} are path literals made by db.path_literal (nightrec's own paths, checked).
+-- DuckDB cannot bind parameters in a view definition: {live_parquet}, {live_items},
+-- {all_parquet} and {live_similar} are made by db.path_literal (nightrec's own paths,
+-- checked); {live_similar} is a query of no rows for versions published without it.
 create or replace view recommendations as
 select * from read_parquet({live_parquet});
 
@@ -16,3 +17,6 @@ create or replace view serving_info as
 select run_id, as_of, model_version, serving_id, rows, users
 from serving_versions
 where live;
+
+create or replace view similar_items as
+select * from {live_similar};

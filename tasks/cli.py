@@ -19,6 +19,7 @@ from nightrec.config import (
 )
 from nightrec.db import Busy
 from nightrec.errors import ENVIRONMENT_EXIT, describe
+from nightrec.ranking import RankConfig
 
 STEPS = """steps (in nightly order):
   synth     generate a synthetic landing folder (items, users, events)
@@ -121,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--top-n", type=int, default=ScoreConfig.top_n)
             p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
             p.add_argument("--batch-size", type=int, default=ScoreConfig.batch_size)
+            p.add_argument(
+                "--alpha", type=float, default=1.0, help="similarity weight of the blend"
+            )
+            p.add_argument("--mmr-lambda", type=float, default=0.0, help="diversity; 0: off")
+            p.add_argument("--category-cap", type=int, default=0, help="per category; 0: none")
         if name in ("train", "evaluate", "run"):
             p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
         if name == "run":
@@ -197,15 +203,18 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
         from nightrec.evaluate import evaluate
 
         return evaluate(settings, snap, run_id, args.model_version, TrainConfig(epochs=args.epochs))
-    score_cfg = ScoreConfig()
+    score_cfg, rank_cfg = ScoreConfig(), RankConfig()
     if args.step in ("score", "run"):
         score_cfg = ScoreConfig(
             top_n=args.top_n, provider=args.provider, batch_size=args.batch_size
         )
+        rank_cfg = RankConfig(
+            alpha=args.alpha, mmr_lambda=args.mmr_lambda, category_cap=args.category_cap
+        )
     if args.step == "score":
         from nightrec.score import score
 
-        return score(settings, snap, run_id, score_cfg, args.model_version)
+        return score(settings, snap, run_id, score_cfg, args.model_version, rank_cfg)
     if args.step == "publish":
         from nightrec.publish import publish
 
@@ -218,6 +227,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             retrain=not args.no_retrain,
             train_cfg=TrainConfig(epochs=args.epochs),
             score_cfg=score_cfg,
+            rank_cfg=rank_cfg,
             promote=args.promote,
             lock_wait_s=args.wait,
         )

@@ -201,6 +201,7 @@ class ScoreConfig:
     # users per ONNX Runtime call: a [model_batch, items] score matrix that stays in cache
     # scores ~1.4x faster than 1024 rows (bench/score.py); results do not depend on it
     model_batch: int = 128
+    similar_k: int = 20  # similar_items per active item (item tower cosine); 0: none
     provider: str = "auto"  # "auto": CUDA when available, else CPU; "cpu" forces CPU
     popular_window_days: int = 30
     num_shards: int = 1
@@ -213,6 +214,7 @@ class ScoreConfig:
         check_int("top_n", self.top_n, 1, 1000)
         check_int("batch_size", self.batch_size, 1, 65_536)
         check_int("model_batch", self.model_batch, 1, 65_536)
+        check_int("similar_k", self.similar_k, 0, 1000)
         check_int("popular_window_days", self.popular_window_days, 1, 36_500)
         check_int("num_shards", self.num_shards, 1, 10_000)
         check_int("shard", self.shard, 0, 9_999)

@@ -7,6 +7,7 @@ import logging
 import time
 
 from nightrec.config import ScoreConfig, Settings, TrainConfig, check_as_of, safe_id
+from nightrec.ranking import RankConfig
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def run_all(
     train_cfg: TrainConfig = TrainConfig(),
     score_cfg: ScoreConfig = ScoreConfig(),
     promote: bool = False,
+    rank_cfg: RankConfig | None = None,
     lock_wait_s: float = 0.0,
 ) -> dict[str, dict]:
     """ingest -> snapshot -> embed -> train -> evaluate -> gate -> score -> publish -> report.
@@ -72,7 +74,7 @@ def run_all(
             version = decision.scored_with
         else:
             version = step("train", lambda: registry.current(settings.models_dir).name)
-        step("score", score.score, settings, snap, run_id, score_cfg, version)
+        step("score", score.score, settings, snap, run_id, score_cfg, version, rank_cfg)
         step("publish", publish.publish, settings, run_id, as_of, promote)
         if retrain:
             step("report", lambda: str(report.write_report(settings, run_id)))

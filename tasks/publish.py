@@ -6,6 +6,7 @@ Layout under ``serving/``::
                                             and serving_info, for readers of one run
     versions/<id>/recommendations.parquet   the same rows
     versions/<id>/items.parquet             item_id, title, category, active (for readers)
+    versions/<id>/similar_items.parquet     item_id, rank, similar_item_id, score (+ run)
     versions/<id>/serving_info.json         run, date, model version, counts
     serving.duckdb                          reader catalog: views over the live version
     current.json                            pointer: the live version and its files
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 SERVING_DB = "serving.duckdb"
 RECS_PARQUET = "recommendations.parquet"
 ITEMS_PARQUET = "items.parquet"
+SIMILAR_PARQUET = "similar_items.parquet"
 POINTER = "current.json"
 HISTORY = "live.jsonl"
 KEEP_VERSIONS = 5  # NIGHTREC_KEEP_SERVING: versions kept for rollback and for slow readers
@@ -147,6 +149,30 @@ def part_list(stats: list[dict], scores_dir: Path) -> tuple[list[str], str]:
     return paths, digest.hexdigest()
 
 
+def _copy_similar(
+    con, stats: list[dict], scores_dir: Path, out: Path, model_version: str, run_id: str
+) -> None:
+    """Shard 0's similar items (checked against its listing) into ``out``, with the run's
+    model version and id; an empty table when the scores have none."""
+    first = min(stats, key=lambda x: x["shard"])
+    listed = first.get("similar")
+    source = "select null::varchar as item_id, null::integer as rank, "
+    source += "null::varchar as similar_item_id, null::float as score where false"
+    params: dict[str, object] = {"model_version": model_version, "run_id": run_id}
+    if listed:
+        folder = scores_dir / f"shard-{first['shard']:05d}-of-{first['num_shards']:05d}"
+        path = folder / listed["name"]
+        if not path.is_file() or path.stat().st_size != listed["bytes"]:
+            raise ContractError(f"{path}: missing or changed since it was scored; re-run score")
+        source = "select * from read_parquet($path)"
+        params["path"] = str(path)
+    con.execute(
+        f"copy (select item_id, rank, similar_item_id, score, $model_version as model_version, "
+        f"$run_id as run_id from ({source})) to $out (format parquet)",  # fixed SQL text
+        params | {"out": str(out)},
+    )
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -197,6 +223,9 @@ def _build_version(
             },
         )
         got = db.one(con, "select count(*) from read_parquet($p)", {"p": str(tmp / RECS_PARQUET)})
+        _copy_similar(
+            con, stats, settings.scores_dir(run_id), tmp / SIMILAR_PARQUET, model_version, run_id
+        )
     if got[0] != rows:
         raise ContractError(
             f"run {run_id}: {got[0]} rows published but the score shards wrote {rows}: re-run score"
@@ -297,6 +326,7 @@ def _go_live(
         "recommendations_parquet": str(version / RECS_PARQUET),
         "serving_duckdb": str(version / SERVING_DB),
         "items_parquet": str(version / ITEMS_PARQUET),
+        "similar_items_parquet": str(version / SIMILAR_PARQUET),
         "live_since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     _write_atomic(serving / POINTER, json.dumps(pointer, indent=2))
@@ -411,11 +441,24 @@ def build_catalog(settings: Settings) -> Path:
                 live_parquet=db.path_literal(base / now["recommendations_parquet"]),
                 live_items=db.path_literal(base / now["items_parquet"]),
                 all_parquet=db.path_literal(all_parquet),
+                live_similar=_similar_source(base, now),
             )
         )
     share_serving(settings, tmp)
     os.replace(tmp, serving / SERVING_DB)
     return serving / SERVING_DB
+
+
+def _similar_source(base: Path, pointer: dict) -> str:
+    """The live version's similar items for the catalog view, or no rows (older versions)."""
+    path = base / pointer.get("similar_items_parquet", "-")
+    if pointer.get("similar_items_parquet") and path.is_file():
+        return f"read_parquet({db.path_literal(path)})"
+    return (
+        "(select null::varchar as item_id, null::integer as rank, null::varchar as "
+        "similar_item_id, null::float as score, null::varchar as model_version, "
+        "null::varchar as run_id where false)"
+    )
 
 
 def record_run(

@@ -13,6 +13,8 @@ and listed in the shard's ``_SUCCESS.json``: publish never reads a part twice.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
@@ -25,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nightrec import db, registry
+from nightrec import db, ranking, registry
 from nightrec.config import ContractError, ScoreConfig, Settings
 from nightrec.model import histories, padded_sets, plan_batches
+from nightrec.ranking import RankConfig
 from nightrec.train import load_sequences
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,16 @@ def score(
     run_id: str,
     cfg: ScoreConfig = ScoreConfig(),
     model_version: str | None = None,
+    rank: RankConfig | None = None,
 ) -> dict:
     """Score the users of one shard with ``model_version`` (default: the promoted one).
 
     Returns counts and the provider that ran. A backfill run passes the model it trained
-    for its own date, which need not be the live one.
+    for its own date, which need not be the live one. ``rank``: the ranking layer
+    (``ranking``; None or the defaults: off, the scorer's top N as it comes). Shard 0
+    also writes the model's similar items (``ScoreConfig.similar_k`` per active item).
     """
+    rank_cfg = rank or RankConfig()
     import onnxruntime as ort
 
     started = time.perf_counter()
@@ -94,6 +101,12 @@ def score(
     bias[active["idx"].to_numpy()] = 0.0  # inactive, removed and padding items never ranked
     item_ids = pl.concat([pl.Series([None], dtype=pl.Utf8), model_items["item_id"]])
     k = min(cfg.top_n, len(active))
+    layer = None
+    k_model = k  # what the scorer is asked for: more when the ranking layer re-ranks
+    if rank_cfg.active:
+        cutoff = _cutoff_us(snapshot_dir)
+        layer = ranking.Layer.from_snapshot(snapshot_dir, model_items, rank_cfg, cutoff)
+        k_model = min(rank_cfg.candidates * k, len(active))
 
     seqs = load_sequences(snapshot_dir, model_items)
     warm = pl.DataFrame({"user_id": seqs.user_ids, "u": np.arange(len(seqs.user_ids))})
@@ -134,10 +147,17 @@ def score(
         seen = padded_sets(seqs.seq, starts, ends)
         t = time.perf_counter()
         top_s, top_i, because = run_scorer(
-            sess, hist, seen, ends - starts, bias, k, cfg.model_batch
+            sess, hist, seen, ends - starts, bias, max(k_model, 1), cfg.model_batch
         )
         t_model += time.perf_counter() - t
-        keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
+        if layer is None:
+            keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
+            reason = None
+        else:
+            order, top_s, trending, keep = ranking.rerank(layer, top_i, top_s, k)
+            top_i = np.take_along_axis(top_i, order, axis=1)
+            because = np.take_along_axis(because, order, axis=1)
+            reason = ranking.reasons(trending, because, hist[:, -ranking.RECENT :])
         _check_lists(top_i, keep, warm["user_id"][lo], cfg.shard)
         written += int(keep.any(axis=1).sum())
         row_user = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[keep]
@@ -149,7 +169,9 @@ def score(
                     "rank": rank.astype(np.int32),
                     "item_id": item_ids.gather(top_i[keep]),
                     "score": top_s[keep].astype(np.float32),
-                    "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8),
+                    "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8)
+                    if reason is None
+                    else pl.Series(reason[keep].tolist(), dtype=pl.Utf8),
                     "because_item_id": item_ids.gather(because[keep]),
                 },
                 schema=SCHEMA,
@@ -174,6 +196,9 @@ def score(
         _check_frame(popular)
         rows += _write_part([popular], tmp, parts, written_parts)
         parts += 1
+    similar = None
+    if cfg.shard == 0:
+        similar = write_similar(tmp, version_dir, manifest, bias, item_ids, cfg.similar_k)
     seconds = time.perf_counter() - started
     stats = {
         "run_id": run_id,
@@ -193,6 +218,8 @@ def score(
         "model_seconds": round(t_model, 3),
         "parts": written_parts,  # name, rows, bytes, sha256: publish trusts these
         "checked": "no item twice per user, ranks 1..n",
+        "ranking": dataclasses.asdict(rank_cfg) if rank_cfg.active else None,
+        "similar": similar,  # shard 0: the similar-items file, listed like the parts
     }
     (tmp / "_SUCCESS.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(out, ignore_errors=True)
@@ -233,13 +260,76 @@ def run_scorer(
     return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
 
 
-def _write_part(frames: list[pl.DataFrame], folder: Path, n: int, listed: list[dict]) -> int:
+def _cutoff_us(snapshot_dir: Path) -> int:
+    """The snapshot's cut-off in µs (its latest interaction when not recorded)."""
+    meta = snapshot_dir / "snapshot.json"
+    cutoff = json.loads(meta.read_text()).get("cutoff") if meta.is_file() else None
+    if cutoff:
+        return int(dt.datetime.fromisoformat(cutoff).timestamp() * 1_000_000)
+    last = pl.read_parquet(snapshot_dir / "interactions.parquet", columns=["last_ts"])
+    return int(last["last_ts"].dt.epoch("us").max() or 0) + 1  # type: ignore[operator, arg-type]
+
+
+SIMILAR_FILE = "similar.parquet"
+SIMILAR_SCHEMA = {
+    "item_id": pl.Utf8,
+    "rank": pl.Int32,
+    "similar_item_id": pl.Utf8,
+    "score": pl.Float32,
+}
+
+
+def write_similar(
+    folder: Path, version_dir: Path, manifest: dict, bias: np.ndarray, item_ids: pl.Series, k: int
+) -> dict:
+    """The model's ``k`` most similar active items of every active item (``ranking``),
+    written to ``folder/similar.parquet``; returns its listing (name, rows, bytes, sha256)."""
+    import torch
+
+    from nightrec.config import TrainConfig
+    from nightrec.model import Encoder
+
+    t0 = time.perf_counter()
+    active = np.isfinite(bias)
+    frame = pl.DataFrame(schema=SIMILAR_SCHEMA)
+    if k > 0 and active.sum() > 1:
+        state = torch.load(version_dir / "encoder.pt", weights_only=True)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        tcfg = TrainConfig(**{n: v for n, v in manifest["config"].items() if n in known})
+        with torch.inference_mode():
+            vectors = Encoder.from_state(state, tcfg).item_vectors().numpy()
+        items, sim_i, sim_s = ranking.similar_items(vectors, active, k)
+        keep = sim_i >= 0
+        row = np.repeat(np.arange(len(items)), sim_i.shape[1]).reshape(sim_i.shape)[keep]
+        frame = pl.DataFrame(
+            {
+                "item_id": item_ids.gather(items[row]),
+                "rank": (np.cumsum(keep, axis=1)[keep]).astype(np.int32),
+                "similar_item_id": item_ids.gather(sim_i[keep]),
+                "score": sim_s[keep].astype(np.float32),
+            },
+            schema=SIMILAR_SCHEMA,
+        )
+    listed: list[dict] = []
+    _write_part([frame], folder, 0, listed, name=SIMILAR_FILE)
+    log.info(
+        "score: %d similar items for %d active items in %.1fs",
+        frame.height,
+        int(active.sum()),
+        time.perf_counter() - t0,
+    )
+    return listed[0]
+
+
+def _write_part(
+    frames: list[pl.DataFrame], folder: Path, n: int, listed: list[dict], name: str = ""
+) -> int:
     """Write one Parquet part; its name, rows, size and SHA-256 are appended to ``listed``."""
     frame = pl.concat(frames)
     buf = io.BytesIO()
     frame.write_parquet(buf)
     data = buf.getbuffer()
-    name = f"part-{n:05d}.parquet"
+    name = name or f"part-{n:05d}.parquet"
     with open(folder / name, "wb") as f:
         f.write(data)
     listed.append(

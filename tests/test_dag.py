@@ -78,7 +78,16 @@ def test_tasks_edges_retries_and_pools(dagbag):
         "provider",
         "promote",
         "score_shards",
+        "alpha",
+        "mmr_lambda",
+        "category_cap",
     }
+    # the ranking layer's Params default to "off": today's lists unchanged
+    assert (dag.params["alpha"], dag.params["mmr_lambda"], dag.params["category_cap"]) == (
+        1.0,
+        0.0,
+        0,
+    )
     assert dag.get_task("score").is_mapped if hasattr(dag.get_task("score"), "is_mapped") else True
     outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
     assert outlets == {"publish": ["nightrec_recommendations"]}

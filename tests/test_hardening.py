@@ -245,7 +245,7 @@ def test_sql_takes_values_as_bound_parameters_only() -> None:
         f.stem: set(re.findall(r"\{([a-z_]+)\}", f.read_text())) for f in SQL_DIR.glob("*.sql")
     }
     assert {k: v for k, v in slots.items() if v} == {
-        "serving_catalog": {"live_parquet", "live_items", "all_parquet"}
+        "serving_catalog": {"live_parquet", "live_items", "all_parquet", "live_similar"}
     }
     for bad in ("/srv/x'; drop table runs; --", "/srv/a\\b", "/srv/a\nb", "/srv/a\0b", '/srv/"x"'):
         with pytest.raises(ValueError):

@@ -1,0 +1,237 @@
+"""The ranking layer after the encoder's candidates: popularity blend, MMR, category cap.
+
+With the defaults (``RankConfig()``: alpha 1, lambda 0, no cap) the layer is off and
+the scorer's top N is published as it comes: today's lists, unchanged. Otherwise the
+scorer returns the top ``candidates x N`` items of each user (seen and inactive items
+already out) and this layer re-ranks them:
+
+- **blend**: ``alpha · sim + (1 - alpha) · pop``; ``sim`` is the encoder's score min-max
+  scaled over the user's candidates (1 = best), ``pop`` the catalog's recent,
+  time-decayed popularity scaled by its maximum (``decayed_popularity``).
+- **MMR** (Carbonell & Goldstein, 1998): greedily, the next item maximises
+  ``(1 - lambda) · blended - lambda · max cosine(text, items already chosen)``; lambda 1
+  gives the most diverse list the candidates allow.
+- **category cap**: at most ``category_cap`` items of one category in a list (items
+  without a category count as one category each).
+
+Ties go to the earlier candidate (the encoder's order, itself by item index). The
+"because" item stays the scorer's (the history item most like the recommendation);
+``reason`` becomes ``trending`` where the popularity term outweighs the similarity
+term, else ``similar_to_recent`` where that history item is among the user's last
+``RECENT`` items, else ``history``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nightrec.config import check_int, check_number
+
+RECENT = 3  # history items that count as "recent" for the similar_to_recent reason
+REASONS = ("history", "trending", "similar_to_recent")
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    alpha: float = 1.0  # weight of the encoder's similarity; 1 - alpha goes to popularity
+    mmr_lambda: float = 0.0  # weight of diversity in MMR; 0: off
+    category_cap: int = 0  # most items of one category per list; 0: no cap
+    candidates: int = 3  # the layer re-ranks the top candidates x N items of the encoder
+    half_life_days: float = 7.0  # popularity: an interaction counts half after this many days
+    window_days: int = 30  # ... and not at all before this many days
+
+    def __post_init__(self) -> None:
+        check_number("alpha", self.alpha, 0.0, 1.0)
+        check_number("mmr_lambda", self.mmr_lambda, 0.0, 1.0)
+        check_int("category_cap", self.category_cap, 0, 1000)
+        check_int("candidates", self.candidates, 1, 100)
+        check_number("half_life_days", self.half_life_days, 0.0, 3650.0, lo_open=True)
+        check_int("window_days", self.window_days, 1, 36_500)
+
+    @property
+    def active(self) -> bool:
+        """Whether the layer changes anything (else the scorer's top N is published)."""
+        return self.alpha < 1.0 or self.mmr_lambda > 0.0 or self.category_cap > 0
+
+
+def decayed_popularity(
+    interactions: pl.DataFrame, item_ids: pl.Series, cutoff_us: int, cfg: RankConfig
+) -> np.ndarray:
+    """[len(item_ids)] sum over users of 0.5 ** (days since their last interaction with the
+    item / half-life), within ``window_days`` before ``cutoff_us`` (µs), scaled to max 1."""
+    age_days = (cutoff_us - pl.col("last_ts").dt.epoch("us")) / 86_400_000_000
+    per_item = (
+        interactions.filter(age_days <= cfg.window_days)
+        .group_by("item_id")
+        .agg((0.5 ** (age_days.clip(0.0) / cfg.half_life_days)).sum().alias("pop"))
+    )
+    pop = (
+        pl.DataFrame({"item_id": item_ids})
+        .join(per_item, on="item_id", how="left", maintain_order="left")["pop"]
+        .fill_null(0.0)
+        .to_numpy()
+    )
+    top = pop.max(initial=0.0)
+    return (pop / top if top > 0 else pop).astype(np.float32)
+
+
+def category_codes(categories: pl.Series) -> np.ndarray:
+    """Integer codes; a missing category gets a code of its own per item (never capped
+    together with another item)."""
+    codes = categories.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    missing = categories.is_null().to_numpy()
+    codes[missing] = -1 - np.flatnonzero(missing)
+    return codes
+
+
+@dataclass
+class Layer:
+    """What the layer needs about every model item index (0 = padding)."""
+
+    pop: np.ndarray  # [M + 1] float32 in [0, 1]
+    vectors: np.ndarray | None  # [M + 1, T] unit text vectors (MMR only)
+    category: np.ndarray | None  # [M + 1] int64 codes (category cap only)
+    cfg: RankConfig
+
+    @classmethod
+    def from_snapshot(
+        cls, snapshot_dir: Path, model_items: pl.DataFrame, cfg: RankConfig, cutoff_us: int
+    ) -> Layer:
+        """For the model's items (``item_id``, ``idx`` 1..M) from a snapshot's files."""
+        from nightrec.embed import load_embeddings
+
+        ids = model_items.sort("idx")["item_id"]
+        inter = pl.read_parquet(
+            snapshot_dir / "interactions.parquet", columns=["item_id", "last_ts"]
+        )
+        pop = np.concatenate([[0.0], decayed_popularity(inter, ids, cutoff_us, cfg)])
+        catalog = pl.read_parquet(snapshot_dir / "items.parquet")
+        order = pl.DataFrame({"item_id": ids}).join(
+            catalog.with_row_index("row"), on="item_id", how="left", maintain_order="left"
+        )
+        vectors = category = None
+        if cfg.mmr_lambda > 0:
+            text = load_embeddings(snapshot_dir)[order["row"].to_numpy()]
+            text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+            vectors = np.vstack([np.zeros((1, text.shape[1]), np.float32), text])
+        if cfg.category_cap > 0:
+            category = np.concatenate([[-(10**12)], category_codes(order["category"])])
+        return cls(pop.astype(np.float32), vectors, category, cfg)
+
+
+def rerank(
+    layer: Layer, idx: np.ndarray, score: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Re-rank candidates ``idx`` [B, C] (encoder scores ``score`` [B, C], best first,
+    -inf where there is no candidate) into [B, k] lists.
+
+    Returns (positions into the candidates [B, k], final scores [B, k], whether the
+    popularity term outweighs the similarity term [B, k], valid [B, k]).
+    """
+    cfg = layer.cfg
+    b, c = idx.shape
+    valid = np.isfinite(score)
+    lo = np.where(valid, score, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(valid, score, -np.inf).max(axis=1, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    sim = np.where(valid, (score - lo) / span, 0.0)  # [B, C] in [0, 1]
+    pop = layer.pop[idx]
+    blended = np.where(valid, cfg.alpha * sim + (1.0 - cfg.alpha) * pop, -np.inf)
+    trending = (1.0 - cfg.alpha) * pop > cfg.alpha * sim
+    k = min(k, c)
+    if cfg.mmr_lambda == 0.0 and cfg.category_cap == 0:
+        order = np.argsort(-blended, axis=1, kind="stable")[:, :k]  # ties: candidate order
+        ok = np.isfinite(np.take_along_axis(blended, order, axis=1))
+    else:
+        order, ok = _greedy(layer, idx, blended, k)
+    picked = np.where(ok, np.take_along_axis(blended, order, axis=1), -np.inf)
+    return order, picked, np.take_along_axis(trending, order, axis=1) & ok, ok
+
+
+def _greedy(
+    layer: Layer, idx: np.ndarray, blended: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """MMR and the category cap, one position at a time for a whole batch.
+
+    Returns (positions [B, k], valid [B, k]): a list ends early when nothing is left.
+    """
+    cfg = layer.cfg
+    b, c = idx.shape
+    rows = np.arange(b)
+    left = np.isfinite(blended)  # [B, C] still selectable
+    order = np.zeros((b, k), dtype=np.int64)
+    ok = np.zeros((b, k), dtype=bool)
+    closest = np.zeros((b, c), dtype=np.float32)  # max cosine to the items chosen so far
+    vec = layer.vectors[idx] if layer.vectors is not None and cfg.mmr_lambda > 0 else None
+    cat = counts = None
+    if layer.category is not None and cfg.category_cap > 0:
+        _, cat = np.unique(layer.category[idx], return_inverse=True)
+        cat = cat.reshape(b, c)  # dense codes within the batch
+        counts = np.zeros((b, int(cat.max()) + 1), dtype=np.int64)
+    for pos in range(k):
+        value = (1.0 - cfg.mmr_lambda) * blended
+        if vec is not None and pos > 0:
+            value = value - cfg.mmr_lambda * closest
+        value = np.where(left, value, -np.inf)
+        best = np.argmax(value, axis=1)  # the first of equal values: candidate order
+        got = np.isfinite(value[rows, best])
+        order[:, pos], ok[:, pos] = best, got
+        left[rows, best] = False
+        if vec is not None:
+            closest = np.maximum(closest, np.einsum("bcd,bd->bc", vec, vec[rows, best]))
+        if cat is not None and counts is not None:
+            chosen = cat[rows, best]
+            counts[rows[got], chosen[got]] += 1
+            left &= counts[rows[:, None], cat] < cfg.category_cap
+    return order, ok
+
+
+def reasons(trending: np.ndarray, because: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """[B, k] reason strings: trending, similar_to_recent (``because`` [B, k] among the
+    user's ``recent`` [B, R] items; 0 = none) or history."""
+    near = (because[:, :, None] == recent[:, None, :]).any(-1) & (because > 0)
+    out = np.where(trending, "trending", np.where(near, "similar_to_recent", "history"))
+    return out.astype(object)
+
+
+def similar_items(
+    item_matrix: np.ndarray, active: np.ndarray, k: int, max_cells: int = 1 << 24
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top ``k`` active items per active item by cosine of the item tower's vectors.
+
+    ``item_matrix`` [M + 1, d] (row 0 padding), ``active`` [M + 1] bool. Never the item
+    itself; ties by lower index. Returns (item [n], similar item [n, k], cosine [n, k])
+    for the active items, -1 / nan where fewer than ``k`` others exist. Memory: items
+    are taken in batches of ``max_cells`` similarities (64 MB of float32 at the default).
+    """
+    norm = np.linalg.norm(item_matrix, axis=1, keepdims=True)
+    unit = (item_matrix / np.maximum(norm, 1e-12)).astype(np.float32)
+    items = np.flatnonzero(active)
+    cols = items  # candidates: active items only
+    k = min(k, max(len(cols) - 1, 0))
+    out_i = np.full((len(items), k), -1, dtype=np.int64)
+    out_s = np.full((len(items), k), np.nan, dtype=np.float32)
+    if k == 0:
+        return items, out_i, out_s
+    cand = unit[cols].T  # [d, n]
+    batch = max(1, max_cells // max(len(cols), 1))
+    for lo in range(0, len(items), batch):
+        rows = items[lo : lo + batch]
+        s = unit[rows] @ cand  # [B, n]
+        s[np.arange(len(rows)), np.searchsorted(cols, rows)] = -np.inf  # not itself
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(s, part, axis=1)
+        order = np.lexsort((part, -vals), axis=1)
+        part = np.take_along_axis(part, order, axis=1)
+        # exact ties at the k-th place: argpartition may pick any of them; take the lowest
+        kth = vals.min(axis=1, keepdims=True)
+        if ((s == kth).sum(axis=1) > (vals == kth).sum(axis=1)).any():
+            full = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)
+            part = full[:, :k]
+        out_i[lo : lo + len(rows)] = cols[part]
+        out_s[lo : lo + len(rows)] = np.take_along_axis(s, part, axis=1)
+    return items, out_i, out_s

@@ -1,0 +1,176 @@
+"""The ranking layer: known answers on tiny candidate lists, and through the score step."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import AS_OF
+from test_scoring import TOP_N, isolated, read_table, run1  # noqa: F401  (the fixture)
+
+from nightrec import publish, ranking, score
+from nightrec.config import ContractError, ScoreConfig
+from nightrec.ranking import Layer, RankConfig
+
+# five candidates of one user, best encoder score first; item indices 1..5
+IDX = np.array([[1, 2, 3, 4, 5]])
+SCORE = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]], dtype=np.float32)
+POP = np.array([0.0, 0.0, 0.2, 0.4, 0.6, 1.0], dtype=np.float32)  # item 5 the most popular
+
+
+def _layer(cfg: RankConfig, vectors=None, category=None) -> Layer:
+    return Layer(POP, vectors, category, cfg)
+
+
+def test_defaults_are_off_and_alpha_one_keeps_the_encoder_order() -> None:
+    assert not RankConfig().active
+    assert not RankConfig(alpha=1.0, mmr_lambda=0.0, category_cap=0, candidates=7).active
+    order, _, trending, ok = ranking.rerank(_layer(RankConfig(category_cap=99)), IDX, SCORE, 5)
+    assert order.tolist() == [[0, 1, 2, 3, 4]] and ok.all() and not trending.any()
+
+
+def test_alpha_zero_orders_by_popularity_and_says_trending() -> None:
+    order, score_, trending, _ = ranking.rerank(_layer(RankConfig(alpha=0.0)), IDX, SCORE, 3)
+    assert IDX[0, order[0]].tolist() == [5, 4, 3]
+    assert np.allclose(score_[0], [1.0, 0.6, 0.4])
+    assert trending.all()
+
+
+def test_blend_by_hand() -> None:
+    # sim (min-max over the candidates) = 1, .75, .5, .25, 0; pop = 0, .2, .4, .6, 1
+    # alpha .5: .5, .475, .45, .425, .5 -> items 1 and 5 tie at .5: the earlier candidate first
+    order, score_, trending, _ = ranking.rerank(_layer(RankConfig(alpha=0.5)), IDX, SCORE, 5)
+    assert IDX[0, order[0]].tolist() == [1, 5, 2, 3, 4]
+    assert np.allclose(score_[0], [0.5, 0.5, 0.475, 0.45, 0.425])
+    assert trending[0].tolist() == [False, True, False, False, True]
+
+
+def test_mmr_lambda_one_gives_the_most_diverse_list() -> None:
+    # three pairs of identical text vectors, the pairs orthogonal: candidates 1,2 | 3,4 | 5,6
+    vec = np.zeros((7, 3), np.float32)
+    vec[[1, 2], 0] = vec[[3, 4], 1] = vec[[5, 6], 2] = 1.0
+    idx = np.array([[1, 2, 3, 4, 5, 6]])
+    score_ = np.array([[6, 5, 4, 3, 2, 1]], np.float32)
+    layer = Layer(np.zeros(7, np.float32), vec, None, RankConfig(mmr_lambda=1.0))
+    order, _, _, ok = ranking.rerank(layer, idx, score_, 3)
+    chosen = idx[0, order[0]]
+    assert ok.all() and chosen.tolist() == [1, 3, 5]  # one of each pair, best first
+
+    def ild(items) -> float:
+        return float(np.mean([1 - vec[a] @ vec[b] for a, b in itertools.combinations(items, 2)]))
+
+    best = max(ild(c) for c in itertools.combinations(range(1, 7), 3))
+    assert ild(chosen) == best  # no valid list of three is more diverse
+    plain, *_ = ranking.rerank(
+        Layer(np.zeros(7, np.float32), vec, None, RankConfig(mmr_lambda=0.0, category_cap=9)),
+        idx,
+        score_,
+        3,
+    )
+    assert idx[0, plain[0]].tolist() == [1, 2, 3] and ild([1, 2, 3]) < best
+
+
+def test_category_cap_keeps_order_otherwise_and_lists_end_when_nothing_is_left() -> None:
+    category = np.array([-9, 0, 0, 0, 1, -6])  # item 5 has no category: a category of its own
+    layer = _layer(RankConfig(category_cap=1), category=category)
+    order, _, _, ok = ranking.rerank(layer, IDX, SCORE, 5)
+    assert IDX[0, order[0][ok[0]]].tolist() == [1, 4, 5]
+    assert ok[0].tolist() == [True, True, True, False, False]
+    layer = _layer(RankConfig(category_cap=2), category=category)
+    order, _, _, ok = ranking.rerank(layer, IDX, SCORE, 5)
+    assert IDX[0, order[0][ok[0]]].tolist() == [1, 2, 4, 5]
+
+
+def test_missing_candidates_stay_missing() -> None:
+    score_ = SCORE.copy()
+    score_[0, 3:] = -np.inf  # only three candidates
+    order, got, _, ok = ranking.rerank(_layer(RankConfig(alpha=0.3)), IDX, score_, 5)
+    assert ok[0].tolist() == [True, True, True, False, False]
+    assert set(IDX[0, order[0][ok[0]]]) == {1, 2, 3} and np.isinf(got[0, 3:]).all()
+
+
+def test_reasons() -> None:
+    trending = np.array([[True, False, False]])
+    because = np.array([[7, 8, 9]])
+    recent = np.array([[0, 8, 3]])  # the user's last items (0 = none)
+    assert ranking.reasons(trending, because, recent).tolist() == [
+        ["trending", "similar_to_recent", "history"]
+    ]
+
+
+def test_similar_items_by_hand_never_itself_nor_inactive() -> None:
+    m = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [0.8, 0.2], [1, 0]], np.float32)
+    active = np.array([False, True, True, True, True, False])  # item 5 inactive
+    items, sim, cos = ranking.similar_items(m, active, 2)
+    assert items.tolist() == [1, 2, 3, 4]
+    assert sim.tolist() == [[2, 4], [1, 4], [4, 2], [2, 1]]
+    for row, item in enumerate(items):
+        assert item not in sim[row] and 5 not in sim[row]
+    assert cos[0, 0] == pytest.approx(0.9 / np.hypot(0.9, 0.1))
+
+
+def test_rank_config_checks() -> None:
+    with pytest.raises(ContractError):
+        RankConfig(alpha=1.5)
+    with pytest.raises(ContractError):
+        RankConfig(category_cap=-1)
+
+
+# ---------------------------------------------------------------- through the score step
+
+
+def _scored(run1, tmp_path: Path, rank: RankConfig | None, name: str) -> pl.DataFrame:  # noqa: F811
+    settings = isolated(run1, tmp_path / name)
+    score.score(
+        settings, run1["snapshot"], name, ScoreConfig(top_n=TOP_N, provider="cpu"), None, rank
+    )
+    folder = score.shard_dir(settings, name, 0, 1)
+    return pl.read_parquet(sorted(folder.glob("part-*.parquet"))).sort("user_id", "rank")
+
+
+def test_an_idle_layer_reproduces_todays_lists_exactly(run1, tmp_path: Path) -> None:  # noqa: F811
+    plain = _scored(run1, tmp_path, None, "plain")
+    # a cap no list reaches and alpha 1: the layer runs, and must change nothing
+    idle = _scored(run1, tmp_path, RankConfig(category_cap=TOP_N), "idle")
+    key = ["user_id", "rank", "item_id", "because_item_id"]
+    assert idle.select(key).equals(plain.select(key))
+    assert set(idle["reason"]) <= {"history", "similar_to_recent", "popular"}
+
+
+def test_layer_in_the_score_step_diversifies_and_blends(run1, tmp_path: Path) -> None:  # noqa: F811
+    plain = _scored(run1, tmp_path, None, "plain")
+    capped = _scored(run1, tmp_path, RankConfig(category_cap=1), "capped")
+    items = pl.read_parquet(run1["snapshot"] / "items.parquet", columns=["item_id", "category"])
+    warm = capped.filter(pl.col("reason") != "popular").join(items, on="item_id")
+    per = warm.group_by("user_id", "category").len()
+    assert per["len"].max() == 1  # at most one item of a category in a list
+    assert (
+        not capped.filter(pl.col("reason") != "popular")
+        .select(pl.struct("user_id", "item_id").is_duplicated().any())
+        .item()
+    )
+    popular = _scored(run1, tmp_path, RankConfig(alpha=0.0), "popular")
+    warm_pop = popular.filter(pl.col("reason") != "popular")
+    assert (warm_pop["reason"] == "trending").mean() > 0.9
+    assert not warm_pop.select("user_id", "item_id").equals(
+        plain.filter(pl.col("reason") != "popular").select("user_id", "item_id")
+    )
+
+
+def test_similar_items_are_published(run1, tmp_path: Path) -> None:  # noqa: F811
+    settings = isolated(run1, tmp_path)
+    cfg = ScoreConfig(top_n=TOP_N, provider="cpu", similar_k=5)
+    score.score(settings, run1["snapshot"], "runS", cfg)
+    publish.publish(settings, "runS", AS_OF)
+    sim = read_table(settings.serving / "serving.duckdb", "select * from similar_items")
+    assert sim.height > 0
+    assert sim.filter(pl.col("item_id") == pl.col("similar_item_id")).height == 0
+    inactive = run1["inactive"]
+    assert not set(sim["item_id"]) & inactive and not set(sim["similar_item_id"]) & inactive
+    per = sim.group_by("item_id").agg(pl.col("rank").sort().alias("ranks"))
+    assert all(r == list(range(1, 6)) for r in per["ranks"].to_list())
+    assert set(sim["item_id"]) == run1["active"]  # every active item, cold ones included
+    assert sim["run_id"].unique().to_list() == ["runS"]
