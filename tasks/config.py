@@ -229,10 +229,18 @@ class ScoreConfig:
 class EmbedConfig:
     max_length: int = 64  # tokens of item text read by the encoder
     batch_size: int = 128
+    runtime: str = "onnx"  # onnx: exported, through the drift gate; torch: Hugging Face as is
+    quantize: bool = False  # int8 ONNX encoder (only through the drift gate)
+    min_cosine: float = 0.999  # drift gate: every sample text's cosine to PyTorch's vector
+    gate_texts: int = 64  # texts the drift gate compares
 
     def __post_init__(self) -> None:
         check_int("max_length", self.max_length, 1, 512)  # the encoder's position limit
         check_int("batch_size", self.batch_size, 1, 65_536)
+        if self.runtime not in ("onnx", "torch"):
+            raise ContractError(f"runtime must be onnx or torch, got {self.runtime!r}")
+        check_number("min_cosine", self.min_cosine, -1.0, 1.0)
+        check_int("gate_texts", self.gate_texts, 1, 100_000)
 
 
 def safe_id(value: str, what: str) -> str:

@@ -6,6 +6,14 @@ model folder instead. Embeddings are mean-pooled and L2-normalised, as the
 sentence-transformers recipe for this model does. The cache table
 ``item_text_embeddings`` is keyed by (encoder fingerprint, text hash), so an unchanged
 text is never encoded twice and a different model never reuses another's vectors.
+
+Runtime (``EmbedConfig.runtime``): ``onnx`` (default) exports the encoder with its
+pooling to ONNX once per encoder (``<home>/cache/text-onnx/``, verified by its SHA-256
+before every use) and runs it with ONNX Runtime (CUDA when available); before it is
+used, a drift gate encodes a sample with both runtimes and falls back to PyTorch unless
+every cosine is at least ``EmbedConfig.min_cosine``. ``quantize`` asks for a dynamically
+quantized (int8) encoder through the same gate; its vectors are cached under their own
+key. ``torch`` runs the Hugging Face model directly.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from nightrec import db
-from nightrec.config import EmbedConfig, Settings
+from nightrec.config import ContractError, EmbedConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +66,178 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
         self.dim = int(self.model.config.hidden_size)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    runtime = "torch"
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        """[b, dim] unit vectors of one batch."""
         torch = self.torch
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_length,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            return Pooled(self.model)(enc["input_ids"], enc["attention_mask"]).numpy()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # longest first, so each batch pads to similar lengths
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         started, done = time.perf_counter(), 0
-        with torch.inference_mode():
+        if order:
             for lo in range(0, len(order), self.cfg.batch_size):
                 idx = order[lo : lo + self.cfg.batch_size]
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.cfg.max_length,
-                    return_tensors="pt",
-                )
-                hidden = self.model(**enc).last_hidden_state  # [b, t, dim]
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, t, 1]
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[idx] = pooled.numpy()
+                out[idx] = self._forward([texts[i] for i in idx])
                 done += len(idx)
                 if done % (self.cfg.batch_size * 40) < self.cfg.batch_size:
                     rate = done / (time.perf_counter() - started)
                     log.info("embed: %d/%d texts (%.0f/s)", done, len(texts), rate)
         return out
+
+
+def Pooled(model):  # noqa: N802  (a module factory: torch is imported lazily)
+    """The encoder with mean pooling over real tokens and L2 normalisation, as one module."""
+    import torch
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [b, t, 1]
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    return _Pooled().eval()
+
+
+class OnnxTextEncoder(TextEncoder):
+    """The same encoder and pooling exported to ONNX, run by ONNX Runtime."""
+
+    runtime = "onnx"
+
+    def __init__(self, model_dir: Path, path: Path, cfg: EmbedConfig = EmbedConfig()) -> None:
+        super().__init__(model_dir, cfg)
+        import onnxruntime as ort
+
+        from nightrec.score import choose_providers
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=choose_providers("auto"))
+        self.provider = self.session.get_providers()[0]
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_length,
+            return_tensors="np",
+        )
+        feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+        return self.session.run(None, feed)[0]
+
+
+def export_onnx(settings: Settings, model_dir: Path, encoder: str, quantize: bool) -> Path:
+    """``<home>/cache/text-onnx/<encoder>[-int8].onnx``, exported once; its SHA-256 sits
+    beside it and is checked before every use (a changed file is exported again)."""
+    from nightrec.publish import sha256_file
+
+    folder = settings.home / "cache" / "text-onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{encoder}{'-int8' if quantize else ''}.onnx"
+    digest = path.with_suffix(".sha256")
+    if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256_file(path):
+        return path
+    import torch
+
+    torch_enc = TextEncoder(model_dir)
+    example = torch_enc.tokenizer(["a b c", "d"], padding=True, return_tensors="pt")
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    started = time.perf_counter()
+    torch.onnx.export(
+        Pooled(torch_enc.model),
+        (example["input_ids"], example["attention_mask"]),
+        str(tmp),
+        dynamo=False,  # the TorchScript exporter handles the Hugging Face model as is
+        opset_version=17,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["embedding"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "tokens"},
+            "attention_mask": {0: "batch", 1: "tokens"},
+            "embedding": {0: "batch"},
+        },
+    )
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        fp32, tmp = tmp, folder / f".{path.name}.{os.getpid()}.int8.tmp"
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+        fp32.unlink()
+    digest.write_text(sha256_file(tmp) + "\n")
+    tmp.replace(path)
+    log.info(
+        "embed: exported %s to ONNX in %.1fs -> %s", encoder, time.perf_counter() - started, path
+    )
+    return path
+
+
+def pick_encoder(
+    settings: Settings, model_dir: Path, encoder: str, cfg: EmbedConfig, sample: list[str]
+) -> tuple[TextEncoder, str, dict]:
+    """The encoder to run, its cache key, and what the drift gate measured.
+
+    ``onnx``: the exported encoder is used only if its vectors of ``sample`` are within
+    ``min_cosine`` of PyTorch's; otherwise PyTorch encodes (and the log says why).
+    """
+    torch_enc = TextEncoder(model_dir, cfg)
+    if cfg.runtime == "torch":
+        return torch_enc, encoder, {"runtime": "torch"}
+    key = encoder + ("-int8" if cfg.quantize else "")
+    try:
+        onnx_enc = OnnxTextEncoder(
+            model_dir, export_onnx(settings, model_dir, encoder, cfg.quantize), cfg
+        )
+    except Exception as exc:  # an architecture the exporter cannot take: PyTorch still can
+        if cfg.quantize:
+            raise ContractError(f"embed: no int8 encoder: ONNX export failed ({exc})") from exc
+        log.warning("embed: ONNX export of %s failed (%s); encoding with PyTorch", encoder, exc)
+        return torch_enc, encoder, {"runtime": "torch", "onnx_failed": str(exc)[:200]}
+    sample = sample[: cfg.gate_texts] or ["an item"]
+    cosine = (onnx_enc._forward(sample) * torch_enc._forward(sample)).sum(1)
+    gate = {"texts": len(sample), "min_cosine": round(float(cosine.min()), 6)}
+    if cosine.min() < cfg.min_cosine and cfg.quantize:
+        raise ContractError(
+            f"embed: the int8 text encoder drifts from PyTorch (min cosine {cosine.min():.4f} "
+            f"< {cfg.min_cosine} over {len(sample)} texts): not used; turn quantize off"
+        )
+    if cosine.min() < cfg.min_cosine:
+        log.warning(
+            "embed: %s drifts from PyTorch (min cosine %.4f < %.4f over %d texts): "
+            "encoding with PyTorch",
+            onnx_enc.runtime + ("-int8" if cfg.quantize else ""),
+            cosine.min(),
+            cfg.min_cosine,
+            len(sample),
+        )
+        return torch_enc, encoder, {"runtime": "torch", "drift_gate": gate, "refused": key}
+    # within the gate: fp32 ONNX keeps the encoder's cache key, int8 has its own
+    runtime = "onnx-int8" if cfg.quantize else "onnx"
+    return (
+        onnx_enc,
+        key,
+        {
+            "runtime": runtime,
+            "provider": onnx_enc.provider,
+            "drift_gate": gate,
+        },
+    )
 
 
 def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig()) -> dict:
@@ -96,7 +250,8 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
     quiet_third_party()
     started = time.perf_counter()
     model_dir = settings.text_model_path()
-    encoder = encoder_fingerprint(model_dir)
+    base = encoder_fingerprint(model_dir)
+    encoder = base + ("-int8" if cfg.quantize and cfg.runtime == "onnx" else "")  # cache key
     items = pl.read_parquet(snapshot_dir / "items.parquet", columns=["item_text", "text_hash"])
     unique = items.unique("text_hash", keep="first", maintain_order=True).with_row_index("n")
     with db.connect(settings.warehouse) as con:
@@ -107,9 +262,18 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
             "on e.text_hash = w.text_hash and e.encoder = $encoder order by w.text_hash",
             {"encoder": encoder},
         )
+        runtime: dict = {}
         if missing.height:
-            log.info("embed: %d new texts to encode with %s", missing.height, encoder)
-            model = TextEncoder(model_dir, cfg)
+            sample = missing["item_text"].head(cfg.gate_texts).to_list()
+            model, key, runtime = pick_encoder(settings, model_dir, base, cfg, sample)
+            assert key == encoder, (key, encoder)
+            log.info(
+                "embed: %d new texts to encode with %s on %s",
+                missing.height,
+                encoder,
+                runtime.get("provider", runtime["runtime"]),
+            )
+            t_enc = time.perf_counter()
             chunk = 8192  # commit as we go: a crash keeps what was encoded
             for lo in range(0, missing.height, chunk):
                 part = missing.slice(lo, chunk)
@@ -122,6 +286,7 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
                     {"encoder": encoder},
                 )
                 con.unregister("new_vecs")
+            runtime["texts_per_s"] = round(missing.height / (time.perf_counter() - t_enc), 1)
         matrix = db.frame(
             con,
             "select e.embedding from wanted w join item_text_embeddings e "
@@ -147,6 +312,7 @@ def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig
         "reused": unique.height - missing.height,
     }
     stats = {**counts, "seconds": round(time.perf_counter() - started, 3), "encoder": encoder}
+    stats["runtime"] = runtime
     (snapshot_dir / "embed.json").write_text(json.dumps(stats))
     log.info(
         "embed: %d items, %d texts encoded, %d reused from cache, %.1fs",

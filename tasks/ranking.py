@@ -217,21 +217,26 @@ def similar_items(
     out_s = np.full((len(items), k), np.nan, dtype=np.float32)
     if k == 0:
         return items, out_i, out_s
-    cand = unit[cols].T  # [d, n]
+    import torch
+
+    cand = torch.from_numpy(np.ascontiguousarray(unit[cols].T))  # [d, n]
     batch = max(1, max_cells // max(len(cols), 1))
     for lo in range(0, len(items), batch):
         rows = items[lo : lo + batch]
-        s = unit[rows] @ cand  # [B, n]
-        s[np.arange(len(rows)), np.searchsorted(cols, rows)] = -np.inf  # not itself
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(s, part, axis=1)
-        order = np.lexsort((part, -vals), axis=1)
+        with torch.inference_mode():
+            sims = torch.from_numpy(unit[rows]) @ cand  # [B, n]
+            sims[
+                torch.arange(len(rows)), torch.from_numpy(np.searchsorted(cols, rows))
+            ] = -torch.inf
+            vals_t, part_t = torch.topk(sims, k, dim=1)  # not itself; threads over rows
+        s_np, vals, part = sims.numpy(), vals_t.numpy(), part_t.numpy()
+        order = np.lexsort((part, -vals), axis=1)  # ties by lower index
         part = np.take_along_axis(part, order, axis=1)
-        # exact ties at the k-th place: argpartition may pick any of them; take the lowest
-        kth = vals.min(axis=1, keepdims=True)
-        if ((s == kth).sum(axis=1) > (vals == kth).sum(axis=1)).any():
-            full = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)
-            part = full[:, :k]
+        # exact ties at the k-th place: topk may keep any of them; redo those rows exactly
+        kth = vals[:, -1:]
+        tied = np.flatnonzero((s_np == kth).sum(axis=1) > (vals == kth).sum(axis=1))
+        for r in tied:
+            part[r] = np.lexsort((np.arange(len(cols)), -s_np[r]))[:k]
         out_i[lo : lo + len(rows)] = cols[part]
-        out_s[lo : lo + len(rows)] = np.take_along_axis(s, part, axis=1)
+        out_s[lo : lo + len(rows)] = np.take_along_axis(s_np, part, axis=1)
     return items, out_i, out_s
