@@ -123,6 +123,18 @@ PARAMS = {
 }
 
 
+def _rank_config(params):
+    """The ranking layer's Params as a RankConfig (a bad value fails the task cleanly)."""
+    from nightrec.ranking import RankConfig
+
+    return _call(
+        RankConfig,
+        alpha=params["alpha"],
+        mmr_lambda=params["mmr_lambda"],
+        category_cap=params["category_cap"],
+    )
+
+
 def _call(fn, *args, **kwargs):
     """Run a step with owner-only file modes; a broken data contract, a full disk or a
     read-only volume fails the task at once (a retry cannot fix them) with one clear line."""
@@ -235,13 +247,24 @@ def nightly_recommendations():
         """Held-out figures of the candidate's configuration and the baselines."""
         from pathlib import Path
 
-        from nightrec.config import Settings
+        from nightrec.config import Settings, TrainConfig
         from nightrec.evaluate import evaluate
 
-        if not context["params"]["retrain"]:
+        params = context["params"]
+        if not params["retrain"]:
             return None  # no candidate: the live model keeps serving
         settings = Settings.from_env()
-        return _call(evaluate, settings, Path(snapshot_dir), context["run_id"], version)
+        rank = _rank_config(params)  # judged as it will be served
+        return _call(
+            evaluate,
+            settings,
+            Path(snapshot_dir),
+            context["run_id"],
+            version,
+            TrainConfig(),
+            None,
+            rank,
+        )
 
     @task(pool=WAREHOUSE_POOL)
     def gate(version: str, summary: dict | None, plan: dict, **context) -> str:
@@ -260,16 +283,10 @@ def nightly_recommendations():
         from pathlib import Path
 
         from nightrec.config import ScoreConfig, Settings
-        from nightrec.ranking import RankConfig
         from nightrec.score import score
 
         params = context["params"]
-        rank = _call(
-            RankConfig,
-            alpha=params["alpha"],
-            mmr_lambda=params["mmr_lambda"],
-            category_cap=params["category_cap"],
-        )
+        rank = _rank_config(params)
         cfg = _call(
             ScoreConfig,
             top_n=params["top_n"],

@@ -28,6 +28,7 @@ import polars as pl
 from nightrec import baselines, eval_store, metrics, splits
 from nightrec.config import ContractError, EvalConfig, Settings, TrainConfig, safe_id
 from nightrec.embed import load_embeddings
+from nightrec.ranking import RankConfig
 from nightrec.train import Sequences, fit, load_catalog, training_examples
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,37 @@ class Candidate:
             return self.model.scores(torch.from_numpy(hist), self.items).numpy()  # [B, M + 1]
 
 
+class Reranked:
+    """The candidate's lists through the ranking layer, as ``nightrec score`` serves them.
+
+    ``scores`` returns -inf for every item but the re-ranked list, which gets descending
+    values: ``baselines.rank`` then keeps exactly that list, in that order.
+    """
+
+    name = CANDIDATE
+
+    def __init__(self, candidate, split: splits.Split, bias: np.ndarray, layer, k: int) -> None:
+        self.candidate, self.split, self.bias, self.layer, self.k = candidate, split, bias, layer, k
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        from nightrec import ranking
+
+        seqs = self.split.train
+        s = self.candidate.scores(rows) + self.bias
+        lengths = seqs.ends[rows] - seqs.starts[rows]
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        first = np.repeat(seqs.starts[rows] - np.cumsum(lengths) + lengths, lengths)
+        s[owner, seqs.seq[first + np.arange(lengths.sum())]] = -np.inf  # the user's own items
+        top = baselines.top_k(s, self.layer.cfg.candidates * self.k)  # [B, C], -1 padded
+        score = np.where(top >= 0, np.take_along_axis(s, np.maximum(top, 0), 1), -np.inf)
+        order, _, _, ok = ranking.rerank(self.layer, np.maximum(top, 0), score, self.k)
+        out = np.full_like(s, -np.inf)
+        chosen = np.take_along_axis(top, order, 1)
+        r, c = np.nonzero(ok)
+        out[r, chosen[r, c]] = (self.k - c).astype(s.dtype)
+        return out
+
+
 def slice_masks(split: splits.Split, item_users: np.ndarray, short: int) -> dict[str, np.ndarray]:
     """[n] bool per slice: all; targets without training interactions; users without
     training items; users with 1..``short`` training items."""
@@ -91,10 +123,14 @@ def evaluate_split(
     cfg: TrainConfig,
     eval_cfg: EvalConfig,
     candidate: baselines.Ranker | None = None,
+    rank_cfg: RankConfig | None = None,
+    catalog: pl.DataFrame | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rank with the candidate and the baselines; (figure rows without run columns, counts).
 
     ``candidate`` None: an encoder trained with ``cfg`` on the split's training part.
+    ``rank_cfg`` active (and ``catalog`` given): the candidate's lists go through the
+    ranking layer first, as they are served.
     """
     n_index = len(active)
     bias = np.where(active, 0.0, -np.inf).astype(np.float32)  # [M + 1]; padding is inactive
@@ -121,6 +157,11 @@ def evaluate_split(
             counts["train_examples"] = fitted.examples
             counts["seconds"]["fit"] = round(time.perf_counter() - t, 2)
             candidate = fitted
+        if rank_cfg is not None and rank_cfg.active and catalog is not None:
+            from nightrec.ranking import layer_for_split
+
+            layer = layer_for_split(split, text, catalog, rank_cfg)
+            candidate = Reranked(candidate, split, bias, layer, k)
         rankers = [
             candidate,
             baselines.Popular(pop),
@@ -160,8 +201,11 @@ def evaluate(
     model_version: str | None,
     cfg: TrainConfig = TrainConfig(),
     eval_cfg: EvalConfig | None = None,
+    rank_cfg: RankConfig | None = None,
 ) -> eval_store.Summary:
     """Evaluate ``cfg`` and the baselines on every configured protocol; record the figures.
+
+    ``rank_cfg``: the ranking layer the run serves with (None or off: the encoder's lists).
 
     Writes the run's ``eval_metrics`` rows (replacing earlier ones of ``run_id``) and
     ``reports/<run_id>/evaluation.json``. Returns the summary (slice ``all``):
@@ -174,7 +218,7 @@ def evaluate(
     safe_id(run_id, "run_id")
     if model_version is not None:
         safe_id(model_version, "model_version")
-        reused = _reuse(settings, run_id, model_version, cfg, eval_cfg)
+        reused = _reuse(settings, run_id, model_version, cfg, eval_cfg, rank_cfg)
         if reused is not None:
             return reused
     evaluated_at = dt.datetime.now(dt.UTC)
@@ -192,7 +236,9 @@ def evaluate(
     for protocol in eval_cfg.protocols:
         for part in splits.PARTS:
             split = splits.make_split(inter, active, protocol, part, eval_cfg)
-            rows, counts = evaluate_split(split, text, active, cfg, eval_cfg)
+            rows, counts = evaluate_split(
+                split, text, active, cfg, eval_cfg, None, rank_cfg, catalog
+            )
             details[f"{protocol}/{part}"] = counts
             if rows:
                 frames.append(
@@ -227,6 +273,7 @@ def evaluate(
         "evaluated_at": evaluated_at.isoformat(),
         "train_config": dataclasses.asdict(cfg),
         "eval_config": dataclasses.asdict(eval_cfg),
+        "rank_config": _rank_doc(rank_cfg),
         "splits": details,
         "summary": summary,
         "seconds": round(time.perf_counter() - started, 2),
@@ -244,8 +291,17 @@ def evaluate(
     return summary
 
 
+def _rank_doc(rank_cfg: RankConfig | None) -> dict | None:
+    return dataclasses.asdict(rank_cfg) if rank_cfg is not None and rank_cfg.active else None
+
+
 def _reuse(
-    settings: Settings, run_id: str, model_version: str, cfg: TrainConfig, eval_cfg: EvalConfig
+    settings: Settings,
+    run_id: str,
+    model_version: str,
+    cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    rank_cfg: RankConfig | None = None,
 ) -> eval_store.Summary | None:
     """The figures of an earlier run that evaluated the same version the same way, or None.
 
@@ -264,8 +320,10 @@ def _reuse(
     def canonical(config: object) -> object:
         return json.loads(json.dumps(dataclasses.asdict(config), default=_jsonable))  # type: ignore[call-overload]
 
-    same = doc.get("train_config") == canonical(cfg) and doc.get("eval_config") == canonical(
-        eval_cfg
+    same = (
+        doc.get("train_config") == canonical(cfg)
+        and doc.get("eval_config") == canonical(eval_cfg)
+        and doc.get("rank_config") == _rank_doc(rank_cfg)
     )
     if not same:
         return None

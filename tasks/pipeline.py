@@ -68,7 +68,15 @@ def run_all(
         if retrain:
             candidate = step("train", train.train, settings, snap, as_of, train_cfg)
             summary = step(
-                "evaluate", evaluate.evaluate, settings, snap, run_id, candidate, train_cfg
+                "evaluate",
+                evaluate.evaluate,
+                settings,
+                snap,
+                run_id,
+                candidate,
+                train_cfg,
+                None,
+                rank_cfg,
             )
             decision = step("gate", promotion.decide, settings, run_id, candidate, summary, promote)
             version = decision.scored_with

@@ -123,6 +123,30 @@ class Layer:
         return cls(pop.astype(np.float32), vectors, category, cfg)
 
 
+def layer_for_split(split, text: np.ndarray, catalog: pl.DataFrame, cfg: RankConfig) -> Layer:
+    """The layer as an evaluation split sees it: popularity from the split's training part
+    only (decayed by each pair's first interaction, the time splits keep), text vectors and
+    categories of the catalog (``train.load_catalog`` order = model index 1..M)."""
+    t = split.train_t
+    cutoff = int(t.max()) + 1 if len(t) else 0
+    age = (cutoff - t) / 86_400_000_000
+    recent = age <= cfg.window_days
+    n_index = catalog.height + 1
+    pop = np.bincount(
+        split.train.seq[recent],
+        weights=0.5 ** (age[recent] / cfg.half_life_days),
+        minlength=n_index,
+    )
+    pop = pop / pop.max() if pop.max(initial=0.0) > 0 else pop
+    vectors = category = None
+    if cfg.mmr_lambda > 0:
+        unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+        vectors = np.vstack([np.zeros((1, text.shape[1]), np.float32), unit]).astype(np.float32)
+    if cfg.category_cap > 0 and "category" in catalog.columns:
+        category = np.concatenate([[-(10**12)], category_codes(catalog["category"])])
+    return Layer(pop.astype(np.float32), vectors, category, cfg)
+
+
 def rerank(
     layer: Layer, idx: np.ndarray, score: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -174,3 +174,37 @@ def test_similar_items_are_published(run1, tmp_path: Path) -> None:  # noqa: F81
     assert all(r == list(range(1, 6)) for r in per["ranks"].to_list())
     assert set(sim["item_id"]) == run1["active"]  # every active item, cold ones included
     assert sim["run_id"].unique().to_list() == ["runS"]
+
+
+def test_evaluation_judges_the_lists_as_served(run1) -> None:  # noqa: F811
+    from nightrec import evaluate, splits, train
+    from nightrec.config import EvalConfig, TrainConfig
+    from nightrec.embed import load_embeddings
+
+    snap = run1["snapshot"]
+    catalog = train.load_catalog(snap)
+    text = load_embeddings(snap)
+    active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])
+    split = splits.make_split(splits.load_interactions(snap, catalog), active, "loo", "test")
+    cfg = TrainConfig(dim=16, epochs=2, seed=1)
+    cand = evaluate.Candidate.fit(split, text, cfg)
+
+    def figures(rank: RankConfig | None) -> dict:
+        rows, _ = evaluate.evaluate_split(
+            split, text, active, cfg, EvalConfig(), cand, rank, catalog
+        )
+        return {(r["model"], r["metric"], r["k"], r["slice"]): r["value"] for r in rows}
+
+    plain = figures(None)
+    # an idle layer (alpha 1, a cap no list reaches) is measured exactly like no layer
+    assert figures(RankConfig(category_cap=1000)) == plain
+    blended = figures(RankConfig(alpha=0.0))
+    mine = (evaluate.CANDIDATE, "ndcg", 10, "all")
+    assert blended[mine] != plain[mine]
+    assert (
+        blended[(evaluate.CANDIDATE, "coverage", 10, "all")]
+        < plain[(evaluate.CANDIDATE, "coverage", 10, "all")]
+    )  # popularity-ordered lists cover fewer items
+    for key, value in plain.items():  # the baselines are not re-ranked
+        if key[0] != evaluate.CANDIDATE:
+            assert blended[key] == value
