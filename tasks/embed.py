@@ -68,16 +68,20 @@ class TextEncoder:
 
     runtime = "torch"
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        """[b, dim] unit vectors of one batch."""
-        torch = self.torch
-        enc = self.tokenizer(
+    def _tokens(self, texts: list[str], tensors: str):
+        """Token ids and attention mask of one batch, padded to its longest text."""
+        return self.tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.cfg.max_length,
-            return_tensors="pt",
+            return_tensors=tensors,
         )
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        """[b, dim] unit vectors of one batch."""
+        torch = self.torch
+        enc = self._tokens(texts, "pt")
         with torch.inference_mode():
             return Pooled(self.model)(enc["input_ids"], enc["attention_mask"]).numpy()
 
@@ -132,13 +136,7 @@ class OnnxTextEncoder(TextEncoder):
         self.provider = self.session.get_providers()[0]
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.cfg.max_length,
-            return_tensors="np",
-        )
+        enc = self._tokens(texts, "np")
         feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
         return self.session.run(None, feed)[0]
 
