@@ -85,12 +85,9 @@ def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
     texts = texts.head(sample).to_list()
     model_dir = settings.text_model_path()
     key = embed.encoder_fingerprint(model_dir)
-    encoders = {
-        "torch": embed.TextEncoder(model_dir, EmbedConfig()),
-        "onnx": embed.OnnxTextEncoder(
-            model_dir, embed.export_onnx(settings, model_dir, key, False), EmbedConfig()
-        ),
-    }
+    base = embed.TextEncoder(model_dir, EmbedConfig())
+    path = embed.export_onnx(settings, model_dir, key, False, base)
+    encoders = {"torch": base, "onnx": embed.OnnxTextEncoder(base, path)}
     out = {}
     for name, enc in encoders.items():
         t = time.perf_counter()

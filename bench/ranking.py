@@ -55,7 +55,7 @@ def sweep(name: str, snap: Path, heldout: Path, version: str, home: Path) -> lis
     import polars as pl
     import torch
 
-    from nightrec import baselines, evaluate, metrics, ranking, registry, splits, train
+    from nightrec import baselines, evaluate, metrics, registry, splits, train
     from nightrec.config import TrainConfig
     from nightrec.embed import load_embeddings
     from nightrec.model import Encoder
@@ -79,32 +79,16 @@ def sweep(name: str, snap: Path, heldout: Path, version: str, home: Path) -> lis
     n_active = int(active.sum())
     seqs = split.train
 
+    pop = baselines.popularity(split, len(active), 30)
+
     def lists_for(rank: RankConfig) -> np.ndarray:
-        """[n, TOP_N] item indices per evaluated user, -1 padded (cold users: popular)."""
-        layer = Layer.from_snapshot(snap, model_items, rank, cutoff) if rank.active else None
-        pop = baselines.popularity(split, len(active), 30)
-        out = np.full((len(split.users), TOP_N), -1, dtype=np.int64)
-        warm = np.flatnonzero(split.row >= 0)
-        c = rank.candidates * TOP_N if layer is not None else TOP_N
-        for lo in range(0, len(warm), 512):
-            sel = warm[lo : lo + 512]
-            rows = split.row[sel]
-            s = cand.scores(rows) + bias
-            lengths = seqs.ends[rows] - seqs.starts[rows]
-            owner = np.repeat(np.arange(len(rows)), lengths)
-            pos = np.repeat(seqs.starts[rows] - np.cumsum(lengths) + lengths, lengths)
-            s[owner, seqs.seq[pos + np.arange(lengths.sum())]] = -np.inf
-            top = baselines.top_k(s, c)  # [B, C] best first, ties by index
-            score = np.where(top >= 0, np.take_along_axis(s, np.maximum(top, 0), 1), -np.inf)
-            if layer is None:
-                out[sel] = top[:, :TOP_N]
-                continue
-            order, _, _, ok = ranking.rerank(layer, np.maximum(top, 0), score, TOP_N)
-            out[sel] = np.where(ok, np.take_along_axis(top, order, 1), -1)
-        cold = np.flatnonzero(split.row < 0)
-        if len(cold):
-            out[cold] = baselines.top_k((pop + bias)[None, :], TOP_N)[0]
-        return out
+        """[n, TOP_N] item indices per evaluated user, -1 padded (cold users: popular):
+        the candidate's lists through the layer, as the evaluate step ranks them."""
+        ranker = cand
+        if rank.active:
+            layer = Layer.from_snapshot(snap, model_items, rank, cutoff)
+            ranker = evaluate.Reranked(cand, split, bias, layer, TOP_N)
+        return baselines.rank(ranker, split, bias, pop, TOP_N)
 
     results = []
     settings = [RankConfig(alpha=a) for a in ALPHAS] + [

@@ -157,6 +157,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.where(np.isfinite(vals), cols, -1).astype(np.int64)
 
 
+def mask_seen(s: np.ndarray, seqs: Sequences, rows: np.ndarray) -> np.ndarray:
+    """``s`` [B, M + 1] with each row's own training items (``seqs`` rows ``rows``) at -inf."""
+    lengths = seqs.ends[rows] - seqs.starts[rows]
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    pos = np.repeat(seqs.starts[rows] - np.cumsum(lengths) + lengths, lengths) + np.arange(
+        lengths.sum()
+    )
+    s[owner, seqs.seq[pos]] = NEG
+    return s
+
+
 def rank(
     ranker: Ranker,
     split: Split,
@@ -182,13 +193,7 @@ def rank(
     for lo in range(0, len(warm), batch_users):
         sel = warm[lo : lo + batch_users]
         rows = split.row[sel]
-        s = ranker.scores(rows) + bias  # [B, M + 1]
-        lengths = seqs.ends[rows] - seqs.starts[rows]
-        owner = np.repeat(np.arange(len(rows)), lengths)
-        pos = np.repeat(seqs.starts[rows] - np.cumsum(lengths) + lengths, lengths) + np.arange(
-            lengths.sum()
-        )
-        s[owner, seqs.seq[pos]] = NEG  # the user's own items
+        s = mask_seen(ranker.scores(rows) + bias, seqs, rows)  # [B, M + 1]
         out[sel, : min(k, s.shape[1])] = top_k(s, k)
     cold = np.flatnonzero(split.row < 0)
     if len(cold):

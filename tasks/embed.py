@@ -120,12 +120,12 @@ def Pooled(model):  # noqa: N802  (a module factory: torch is imported lazily)
 
 
 class OnnxTextEncoder(TextEncoder):
-    """The same encoder and pooling exported to ONNX, run by ONNX Runtime."""
+    """The same encoder and pooling exported to ONNX, run by ONNX Runtime; it shares the
+    tokenizer and settings of ``base`` (the Hugging Face weights are not loaded again)."""
 
     runtime = "onnx"
 
-    def __init__(self, model_dir: Path, path: Path, cfg: EmbedConfig = EmbedConfig()) -> None:
-        super().__init__(model_dir, cfg)
+    def __init__(self, base: TextEncoder, path: Path) -> None:
         import onnxruntime as ort
 
         from nightrec.score import choose_providers
@@ -134,6 +134,12 @@ class OnnxTextEncoder(TextEncoder):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=choose_providers("auto"))
         self.provider = self.session.get_providers()[0]
+        self.torch, self.cfg, self.tokenizer, self.dim = (
+            base.torch,
+            base.cfg,
+            base.tokenizer,
+            base.dim,
+        )
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         enc = self._tokens(texts, "np")
@@ -141,20 +147,26 @@ class OnnxTextEncoder(TextEncoder):
         return self.session.run(None, feed)[0]
 
 
-def export_onnx(settings: Settings, model_dir: Path, encoder: str, quantize: bool) -> Path:
+def export_onnx(
+    settings: Settings,
+    model_dir: Path,
+    encoder: str,
+    quantize: bool,
+    torch_enc: TextEncoder | None = None,
+) -> Path:
     """``<home>/cache/text-onnx/<encoder>[-int8].onnx``, exported once; its SHA-256 sits
     beside it and is checked before every use (a changed file is exported again)."""
-    from nightrec.publish import sha256_file
+    from nightrec.registry import sha256
 
     folder = settings.home / "cache" / "text-onnx"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{encoder}{'-int8' if quantize else ''}.onnx"
     digest = path.with_suffix(".sha256")
-    if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256_file(path):
+    if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256(path):
         return path
     import torch
 
-    torch_enc = TextEncoder(model_dir)
+    torch_enc = torch_enc or TextEncoder(model_dir)
     example = torch_enc.tokenizer(["a b c", "d"], padding=True, return_tensors="pt")
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     started = time.perf_counter()
@@ -178,7 +190,7 @@ def export_onnx(settings: Settings, model_dir: Path, encoder: str, quantize: boo
         fp32, tmp = tmp, folder / f".{path.name}.{os.getpid()}.int8.tmp"
         quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
         fp32.unlink()
-    digest.write_text(sha256_file(tmp) + "\n")
+    digest.write_text(sha256(tmp) + "\n")
     tmp.replace(path)
     log.info(
         "embed: exported %s to ONNX in %.1fs -> %s", encoder, time.perf_counter() - started, path
@@ -199,9 +211,8 @@ def pick_encoder(
         return torch_enc, encoder, {"runtime": "torch"}
     key = encoder + ("-int8" if cfg.quantize else "")
     try:
-        onnx_enc = OnnxTextEncoder(
-            model_dir, export_onnx(settings, model_dir, encoder, cfg.quantize), cfg
-        )
+        path = export_onnx(settings, model_dir, encoder, cfg.quantize, torch_enc)
+        onnx_enc = OnnxTextEncoder(torch_enc, path)
     except Exception as exc:  # an architecture the exporter cannot take: PyTorch still can
         if cfg.quantize:
             raise ContractError(f"embed: no int8 encoder: ONNX export failed ({exc})") from exc

@@ -88,12 +88,7 @@ class Reranked:
     def scores(self, rows: np.ndarray) -> np.ndarray:
         from nightrec import ranking
 
-        seqs = self.split.train
-        s = self.candidate.scores(rows) + self.bias
-        lengths = seqs.ends[rows] - seqs.starts[rows]
-        owner = np.repeat(np.arange(len(rows)), lengths)
-        first = np.repeat(seqs.starts[rows] - np.cumsum(lengths) + lengths, lengths)
-        s[owner, seqs.seq[first + np.arange(lengths.sum())]] = -np.inf  # the user's own items
+        s = baselines.mask_seen(self.candidate.scores(rows) + self.bias, self.split.train, rows)
         top = baselines.top_k(s, self.layer.cfg.candidates * self.k)  # [B, C], -1 padded
         score = np.where(top >= 0, np.take_along_axis(s, np.maximum(top, 0), 1), -np.inf)
         order, _, _, ok = ranking.rerank(self.layer, np.maximum(top, 0), score, self.k)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import polars as pl
 
-from nightrec import db
+from nightrec import db, registry
 from nightrec.config import ContractError, Settings, check_as_of, safe_id, share_serving
 from nightrec.locks import file_lock
 
@@ -129,7 +129,7 @@ def part_list(stats: list[dict], scores_dir: Path) -> tuple[list[str], str]:
         listed = st.get("parts")
         if listed is None:  # written by an older nightrec: hash what is there
             listed = [
-                {"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size}
+                {"name": f.name, "sha256": registry.sha256(f), "bytes": f.stat().st_size}
                 for f in sorted(folder.glob("part-*.parquet"))
             ]
         on_disk = sorted(f.name for f in folder.glob("part-*.parquet"))
@@ -171,14 +171,6 @@ def _copy_similar(
         f"$run_id as run_id from ({source})) to $out (format parquet)",  # fixed SQL text
         params | {"out": str(out)},
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _build_version(

@@ -113,13 +113,21 @@ class Layer:
         order = pl.DataFrame({"item_id": ids}).join(
             catalog.with_row_index("row"), on="item_id", how="left", maintain_order="left"
         )
+        text = load_embeddings(snapshot_dir)[order["row"].to_numpy()] if cfg.mmr_lambda else None
+        return cls.of(pop, cfg, text, order["category"])
+
+    @classmethod
+    def of(
+        cls, pop: np.ndarray, cfg: RankConfig, text: np.ndarray | None, categories: pl.Series | None
+    ) -> Layer:
+        """From popularity [M + 1], text vectors [M, T] and categories [M] of items 1..M;
+        only what ``cfg`` uses is kept."""
         vectors = category = None
-        if cfg.mmr_lambda > 0:
-            text = load_embeddings(snapshot_dir)[order["row"].to_numpy()]
-            text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-            vectors = np.vstack([np.zeros((1, text.shape[1]), np.float32), text])
-        if cfg.category_cap > 0:
-            category = np.concatenate([[-(10**12)], category_codes(order["category"])])
+        if cfg.mmr_lambda > 0 and text is not None:
+            unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+            vectors = np.vstack([np.zeros((1, text.shape[1])), unit]).astype(np.float32)
+        if cfg.category_cap > 0 and categories is not None:
+            category = np.concatenate([[-(10**12)], category_codes(categories)])
         return cls(pop.astype(np.float32), vectors, category, cfg)
 
 
@@ -138,13 +146,8 @@ def layer_for_split(split, text: np.ndarray, catalog: pl.DataFrame, cfg: RankCon
         minlength=n_index,
     )
     pop = pop / pop.max() if pop.max(initial=0.0) > 0 else pop
-    vectors = category = None
-    if cfg.mmr_lambda > 0:
-        unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-        vectors = np.vstack([np.zeros((1, text.shape[1]), np.float32), unit]).astype(np.float32)
-    if cfg.category_cap > 0 and "category" in catalog.columns:
-        category = np.concatenate([[-(10**12)], category_codes(catalog["category"])])
-    return Layer(pop.astype(np.float32), vectors, category, cfg)
+    categories = catalog["category"] if "category" in catalog.columns else None
+    return Layer.of(pop, cfg, text, categories)
 
 
 def rerank(

@@ -14,7 +14,7 @@ from test_ingest import CATALOG, ITEMS_HEADER
 from nightrec import embed, snapshot
 from nightrec.config import ContractError, EmbedConfig, Settings
 from nightrec.ingest import ingest
-from nightrec.publish import sha256_file
+from nightrec.registry import sha256
 
 TITLES = [
     "Hydrating Face Serum with Hyaluronic Acid",
@@ -31,7 +31,8 @@ def encoders(tmp_path_factory):
     key = embed.encoder_fingerprint(model_dir)
     path = embed.export_onnx(settings, model_dir, key, quantize=False)
     cfg = EmbedConfig()
-    return settings, embed.TextEncoder(model_dir, cfg), embed.OnnxTextEncoder(model_dir, path, cfg)
+    base = embed.TextEncoder(model_dir, cfg)
+    return settings, base, embed.OnnxTextEncoder(base, path)
 
 
 def test_onnx_vectors_equal_pytorch_vectors(encoders) -> None:
@@ -57,7 +58,7 @@ def test_export_is_checked_by_checksum_and_redone_when_changed(encoders) -> None
         fh.seek(100)
         fh.write(bytes([byte[0] ^ 0xFF]))
     embed.export_onnx(settings, model_dir, key, quantize=False)
-    assert path.with_suffix(".sha256").read_text().strip() == sha256_file(path)
+    assert path.with_suffix(".sha256").read_text().strip() == sha256(path)
     assert path.stat().st_mtime_ns != stamp
 
 

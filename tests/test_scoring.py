@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from conftest import AS_OF, write_csv
 
-from nightrec import publish, score
+from nightrec import publish, registry, score
 from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig
 from nightrec.pipeline import run_all
 from nightrec.snapshot import cutoff_of
@@ -353,7 +353,7 @@ def test_parts_are_listed_with_their_checksums_and_a_changed_part_stops_publish(
     listed = {p["name"]: p for p in stats["parts"]}
     assert sorted(listed) == sorted(f.name for f in folder.glob("part-*.parquet"))
     for name, part in listed.items():  # taken from the bytes written, so equal to the file's
-        assert part["sha256"] == publish.sha256_file(folder / name)
+        assert part["sha256"] == registry.sha256(folder / name)
         assert part["rows"] == pl.read_parquet(folder / name).height
     assert sum(p["rows"] for p in stats["parts"]) == stats["rows"]
     # a part rewritten after scoring (one row fewer): publish refuses, nothing is built
