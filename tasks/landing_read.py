@@ -325,8 +325,13 @@ def read_parquet(con: duckdb.DuckDBPyConnection, cand: Candidate, cfg: IngestCon
         rows_in = int(scalar(con, db.sql("load_landed_parquet_rows"), params))
         with file_order(con):
             con.execute(db.sql("load_landed_parquet"), params)
-    except (duckdb.InvalidInputException, duckdb.IOException, duckdb.ConversionException) as exc:
-        if isinstance(exc, duckdb.IOException) and errors.classify(exc) is not None:
+    except duckdb.Error as exc:
+        # the file's fault: bad input, a bad read, bad values; DuckDB 2.0.1 raises some
+        # Parquet errors (a footer length error) as plain duckdb.Error
+        bad = (duckdb.InvalidInputException, duckdb.IOException, duckdb.ConversionException)
+        if not (isinstance(exc, bad) or type(exc) is duckdb.Error):
+            raise
+        if errors.classify(exc) is not None:
             raise  # a full disk or the like while reading: not the file's fault
         raise FileRejected(f"not a readable Parquet file: {str(exc).splitlines()[0]}") from None
     columns = [str(d[0]) for d in described]
