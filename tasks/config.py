@@ -162,6 +162,14 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-6
     id_dropout: float = 0.2  # chance an item's id part is dropped in a step: text must carry it
+    dropout: float = 0.0  # dropout on the history's item vectors while training
+    user_encoder: str = "pool"  # pool: last item + MLP of a recency-weighted mean; attention
+    layers: int = 2  # attention: transformer blocks (SASRec-style, causal)
+    heads: int = 1  # attention: heads per block (dim must divide by it)
+    refit: bool = False  # after choosing the epoch, train again on every example that long
+    # items without interactions borrow the id part and neighbours of the item whose text is
+    # closest (scaled by that cosine); off: their text alone places them
+    cold_borrow: bool = False
     negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
     # item-to-item neighbours fused into the score (``fusion``): kept per item; 0: encoder alone
     neighbours: int = 50
@@ -191,6 +199,15 @@ class TrainConfig:
         check_number("valid_share", self.valid_share, 0.0, 0.5)
         check_number("max_train_seconds", self.max_train_seconds, 0.0, 7 * 86_400.0, lo_open=True)
         check_number("id_dropout", self.id_dropout, 0.0, 1.0)
+        check_number("dropout", self.dropout, 0.0, 0.9)
+        if self.user_encoder not in ("pool", "attention"):
+            raise ContractError(
+                f"user_encoder must be pool or attention, got {self.user_encoder!r}"
+            )
+        check_int("layers", self.layers, 1, 12)
+        check_int("heads", self.heads, 1, 64)
+        if self.dim % self.heads:
+            raise ContractError(f"dim {self.dim} must be divisible by heads {self.heads}")
         check_number("weight_decay", self.weight_decay, 0.0, 1.0)
 
 

@@ -41,6 +41,7 @@ class Encoder(nn.Module):
     def __init__(self, text_emb: torch.Tensor, cfg: TrainConfig) -> None:
         """``text_emb``: [M + 1, T] frozen text embeddings, row 0 (padding) all zeros."""
         super().__init__()
+        self.cfg = cfg
         self.fit_info: dict = {}  # what training chose (epochs, validation NDCG), for the manifest
         n_items, text_dim = text_emb.shape
         self.register_buffer("text", text_emb.float(), persistent=True)
@@ -57,6 +58,18 @@ class Encoder(nn.Module):
         self.user_mlp = nn.Sequential(
             nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim)
         )
+        # dropout on the history's item vectors while training (identity when exported)
+        self.drop = nn.Dropout(cfg.dropout)
+        # "attention": causal self-attention over the window instead of the pooled mean
+        self.blocks = nn.ModuleList(
+            [Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers)]
+            if cfg.user_encoder == "attention"
+            else []
+        )
+        if self.blocks:
+            self.position = nn.Parameter(torch.zeros(cfg.max_history, cfg.dim))  # [L, dim]
+            nn.init.normal_(self.position, std=0.02)
+            self.final_norm = nn.LayerNorm(cfg.dim)
         # neighbour tables (``fusion``), weights already applied; one empty column: off
         for name in NEIGHBOUR_BUFFERS:
             dtype = torch.int64 if name.endswith("_idx") else torch.float32
@@ -123,6 +136,16 @@ class Encoder(nn.Module):
         self.item_id.weight[~known] = 0.0
         self.next_id.weight[~known] = 0.0
 
+    @torch.no_grad()
+    def borrow_ids(self, borrow) -> None:
+        """Cold items (``fusion.Borrow``) take their donor's id part scaled by the text
+        cosine: ``W · text`` places them, the donor's id says how that kind of item is used."""
+        if len(borrow.cold) == 0:
+            return
+        sim = torch.from_numpy(borrow.sim).unsqueeze(1)
+        donor = torch.from_numpy(borrow.donor)
+        self.item_id.weight[torch.from_numpy(borrow.cold)] = sim * self.item_id.weight[donor]
+
     def user_vectors(
         self,
         history: torch.Tensor,
@@ -142,12 +165,27 @@ class Encoder(nn.Module):
             if items is None
             else nn.functional.embedding(history, items)
         ) + self.next_id(history)  # [B, L, dim]
+        hv = self.drop(hv)
         mask = history > 0  # [B, L]
+        if self.blocks:
+            return self._attend(hv, mask)
         w = self.recency[-history.shape[1] :].expand_as(history).masked_fill(~mask, NEG)
         w = torch.softmax(w, dim=1).nan_to_num(0.0).unsqueeze(-1)  # [B, L, 1]
         pooled = (hv * w).sum(1)  # [B, dim]
         last = hv[:, -1]  # [B, dim]
         return last + self.user_mlp(torch.cat([last, pooled], dim=-1))
+
+    def _attend(self, hv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, dim] history vectors, [B, L] bool -> [B, dim]: the last position's state
+        after causal self-attention (each position reads itself and earlier real items)."""
+        x = hv + self.position[-hv.shape[1] :]
+        length = hv.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()  # [L, L] j <= i
+        allowed = causal.unsqueeze(0) & mask.unsqueeze(1)  # [B, L, L]
+        allowed = allowed | torch.eye(length, dtype=torch.bool).unsqueeze(0)  # pads: themselves
+        for block in self.blocks:
+            x = block(x, allowed)
+        return hv[:, -1] + self.final_norm(x[:, -1])
 
     def forward(self, history: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the next item over the whole catalog: [B, M + 1] (padding at -inf)."""
@@ -176,6 +214,32 @@ class Encoder(nn.Module):
         labels = torch.searchsorted(cand, target)
         users = self.user_vectors(history, keep=keep)
         return users @ self.item_vectors(cand, keep).T - log_q[cand], labels
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block (SASRec's): self-attention, then a feed-forward layer."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x [B, L, dim], allowed [B, L, L] (query i may read key j) -> [B, L, dim]."""
+        b, length, dim = x.shape
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .reshape(b, length, 3, self.heads, dim // self.heads)
+            .permute(2, 0, 3, 1, 4)  # [3, B, H, L, dim / H]
+        )
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(dim // self.heads)  # [B, H, L, L]
+        att = att.masked_fill(~allowed.unsqueeze(1), NEG).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(b, length, dim)
+        x = x + self.drop(self.out(y))
+        return x + self.drop(self.ff(self.norm2(x)))
 
 
 MAX_TOP_N = 1000  # the largest top N a scorer is asked for (ScoreConfig.top_n's bound)

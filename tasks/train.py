@@ -158,7 +158,8 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     """
     import torch
 
-    from nightrec.model import Encoder
+    from nightrec import fusion
+    from nightrec.model import NEIGHBOUR_BUFFERS, Encoder
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -171,11 +172,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     h_val, t_val = torch.from_numpy(hist[valid]), torch.from_numpy(target[valid])
     n_items, n = text_emb.shape[0], len(t_all)  # M + 1, training examples
     sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
-    # log-q: chance that item j is a candidate of a step, as a target of one of the batch's
-    # examples (drawn in proportion to its count) or as one of the uniform negatives
-    freq = np.bincount(target[~valid], minlength=n_items) / max(n, 1)
-    rate = min(cfg.batch_size, n) * freq + cfg.negatives / max(n_items - 1, 1)
-    log_q = torch.from_numpy(np.log(-np.expm1(-rate)).astype(np.float32))
+    log_q = _log_q(target[~valid], n_items, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     log.info(
         "train: %s softmax over %d items; %d examples, %d held out to choose the epoch",
@@ -184,10 +181,10 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         n,
         len(t_val),
     )
-    losses: list[float] = []
-    best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
-    for epoch in range(cfg.epochs):
-        t0, total = time.perf_counter(), 0.0
+
+    def one_epoch(model, opt, h, t, log_q) -> float:
+        """One pass over examples ``h`` [n, L], ``t`` [n] in a seeded order; mean loss."""
+        total, n = 0.0, len(t)
         order = torch.from_numpy(rng.permutation(n))
         model.train()
         for lo in range(0, n, cfg.batch_size):
@@ -197,16 +194,22 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
                 keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float()
             if sampled:
                 negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
-                logits, labels = model.sampled_logits(h_all[b], t_all[b], negatives, log_q, keep)
+                logits, labels = model.sampled_logits(h[b], t[b], negatives, log_q, keep)
             else:
-                logits, labels = model(h_all[b], keep), t_all[b]
+                logits, labels = model(h[b], keep), t[b]
             loss = torch.nn.functional.cross_entropy(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(b)
-        losses.append(total / max(n, 1))
         model.eval()
+        return total / max(n, 1)
+
+    losses: list[float] = []
+    best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        losses.append(one_epoch(model, opt, h_all, t_all, log_q))
         score = validation_ndcg(model, h_val, t_val) if len(t_val) else math.nan
         seconds = time.perf_counter() - t0
         log.info(
@@ -237,12 +240,33 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         model.load_state_dict(best_state)
     else:
         best_epoch = len(losses)
-    known = np.zeros(n_items, dtype=bool)
-    known[np.unique(hist[~valid])] = True
-    known[np.unique(target[~valid])] = True
-    known[0] = False
+    known = _known(hist[~valid], target[~valid], n_items)
     model.forget_ids(torch.from_numpy(known))  # never trained: text alone places them
-    fused = _fuse(model, hist, target, valid, cfg)
+    if cfg.cold_borrow:
+        model.borrow_ids(fusion.donors(text, known))
+    fused = _fuse(model, text, hist, target, valid, cfg)
+    refit_seconds = None
+    if cfg.refit and valid.any():
+        # the held-out examples chose the epoch and the neighbour weights; now the same
+        # recipe learns from every example (the latest positions included) that long
+        t0 = time.perf_counter()
+        chosen = model
+        torch.manual_seed(cfg.seed)
+        model = Encoder(text_emb, cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        h_every, t_every = torch.from_numpy(hist), torch.from_numpy(target)
+        log_q = _log_q(target, n_items, cfg)
+        for epoch in range(best_epoch):
+            loss = one_epoch(model, opt, h_every, t_every, log_q)
+            log.info("train: refit epoch %d/%d loss %.4f", epoch + 1, best_epoch, loss)
+        known = _known(hist, target, n_items)
+        model.forget_ids(torch.from_numpy(known))
+        if cfg.cold_borrow:
+            model.borrow_ids(fusion.donors(text, known))
+        for name in NEIGHBOUR_BUFFERS:
+            setattr(model, name, getattr(chosen, name))
+        model.fused = chosen.fused
+        refit_seconds = round(time.perf_counter() - t0, 2)
     model.fit_info = {
         "epochs_run": len(losses),
         "best_epoch": best_epoch,
@@ -251,16 +275,48 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         "stopped_by": stop,
         "items_text_only": int(n_items - 1 - known.sum()),
         "fusion": fused,
+        "refit_seconds": refit_seconds,
         "fit_seconds": round(time.perf_counter() - started, 2),
     }
     log.info("train: kept epoch %d of %d (%s)", best_epoch, len(losses), stop)
     return model.eval(), losses
 
 
-def _fuse(model, hist: np.ndarray, target: np.ndarray, valid: np.ndarray, cfg: TrainConfig):
+def _log_q(target: np.ndarray, n_items: int, cfg: TrainConfig):
+    """[n_items] log of each item's chance to be a candidate of a sampled-softmax step: as
+    the target of one of the batch's examples (drawn in proportion to its count) or as one
+    of the uniform negatives (the log-q correction)."""
+    import torch
+
+    n = len(target)
+    freq = np.bincount(target, minlength=n_items) / max(n, 1)
+    rate = min(cfg.batch_size, n) * freq + cfg.negatives / max(n_items - 1, 1)
+    with np.errstate(divide="ignore"):  # full softmax (no negatives): unused
+        return torch.from_numpy(np.log(-np.expm1(-rate)).astype(np.float32))
+
+
+def _known(hist: np.ndarray, target: np.ndarray, n_items: int) -> np.ndarray:
+    """[n_items] bool: items that occur in the examples (padding excluded)."""
+    known = np.zeros(n_items, dtype=bool)
+    known[np.unique(hist)] = True
+    known[np.unique(target)] = True
+    known[0] = False
+    return known
+
+
+def _fuse(
+    model,
+    text: np.ndarray,
+    hist: np.ndarray,
+    target: np.ndarray,
+    valid: np.ndarray,
+    cfg: TrainConfig,
+):
     """Choose neighbour weights on the held-out examples and set the tables (``fusion``).
 
-    Returns what was chosen, for ``fit_info``; None when off or nothing was held out.
+    With ``cold_borrow``, items absent from the examples a table is counted from enter it
+    through their donors. Returns what was chosen, for ``fit_info``; None when off or
+    nothing was held out.
     """
     import torch
 
@@ -270,13 +326,20 @@ def _fuse(model, hist: np.ndarray, target: np.ndarray, valid: np.ndarray, cfg: T
         return None
     t0 = time.perf_counter()
     n_items = model.text.shape[0]
-    unit = fusion.tables(hist[~valid], target[~valid], n_items, cfg.neighbours)
+
+    def borrow(h: np.ndarray, t: np.ndarray):
+        return fusion.donors(text, _known(h, t, n_items)) if cfg.cold_borrow else None
+
+    unit = fusion.tables(
+        hist[~valid], target[~valid], n_items, cfg.neighbours, borrow(hist[~valid], target[~valid])
+    )
     pick = np.flatnonzero(valid)[: cfg.fusion_valid]
     a, b, ndcg = fusion.choose(
         model, torch.from_numpy(hist[pick]), torch.from_numpy(target[pick]), unit
     )
     if a or b:
-        model.set_neighbours(fusion.tables(hist, target, n_items, cfg.neighbours), a, b)
+        every = fusion.tables(hist, target, n_items, cfg.neighbours, borrow(hist, target))
+        model.set_neighbours(every, a, b)
     info = {
         "next_weight": a,
         "near_weight": b,

@@ -46,16 +46,20 @@ def _random_histories(rng: np.random.Generator, n: int, length: int) -> np.ndarr
     return hist
 
 
-@pytest.fixture(scope="module", params=["encoder", "fused"])
+@pytest.fixture(scope="module", params=["encoder", "fused", "attention"])
 def exported(request, tmp_path_factory) -> tuple[Encoder, Path]:
     """A random (untrained) encoder exported as version ``v-parity``; "fused" adds
-    neighbour tables counted from random examples (the scatter-add in the graph)."""
+    neighbour tables counted from random examples (the scatter-add in the graph);
+    "attention" is the self-attention user encoder (two heads)."""
     torch.manual_seed(0)
     text = torch.randn(N_ITEMS + 1, TEXT_DIM)
     text[0] = 0.0
-    model = Encoder(text, PARITY_CFG).eval()
-    with torch.no_grad():  # make the MLP matter: default init leaves it small
-        for p in model.user_mlp.parameters():
+    cfg = PARITY_CFG
+    if request.param == "attention":
+        cfg = dataclasses.replace(PARITY_CFG, user_encoder="attention", heads=2)
+    model = Encoder(text, cfg).eval()
+    with torch.no_grad():  # make the MLP and the attention blocks matter: default init is small
+        for p in [*model.user_mlp.parameters(), *model.blocks.parameters()]:
             p.mul_(3.0)
     models = tmp_path_factory.mktemp("models")
     index = pl.DataFrame(
@@ -76,7 +80,7 @@ def exported(request, tmp_path_factory) -> tuple[Encoder, Path]:
         models,
         "v-parity",
         index,
-        config=dataclasses.asdict(PARITY_CFG),
+        config=dataclasses.asdict(cfg),
         extra={"note": "test"},
         example_history=example,
     )
@@ -126,7 +130,7 @@ def test_onnx_matches_pytorch_on_other_shapes(exported) -> None:
     for row in range(batch):
         assert not set(got_i[row]) & ({0, *inactive.tolist()} | set(exclude[row].tolist()))
     # the saved weights (neighbour tables included) give the same scores back
-    again = Encoder.from_state(torch.load(folder / "encoder.pt"), PARITY_CFG)
+    again = Encoder.from_state(torch.load(folder / "encoder.pt"), model.cfg)
     assert again.fused == model.fused
     with torch.no_grad():
         items = model.item_vectors()
@@ -493,3 +497,29 @@ def test_large_catalog_scorer_matches_brute_force(
         assert np.array_equal(got_i[untied], want_i[untied])
         for row in range(len(hist)):  # never a seen, inactive or padding item
             assert not set(got_i[row]) & (set(seen[row]) | set(np.flatnonzero(bias < 0)))
+
+
+def test_refit_learns_from_the_examples_held_out_to_choose_the_epoch() -> None:
+    rng = np.random.default_rng(4)
+    n = 30
+    text = rng.normal(size=(n, 8)).astype(np.float32)
+    hist = rng.integers(1, n, (400, 3))  # items 1..29; 30 only as a held-out target
+    target = rng.integers(1, n, 400)
+    cfg = TrainConfig(
+        dim=8, max_history=3, epochs=3, patience=1, valid_share=0.2, min_valid=10,
+        neighbours=0, batch_size=64, negatives=0, dropout=0.3,
+    )  # fmt: skip
+    valid = train.holdout(len(target), cfg)
+    target[np.flatnonzero(valid)[:5]] = n
+    plain, _ = train.fit(text, hist, target, cfg)
+    again, _ = train.fit(text, hist, target, dataclasses.replace(cfg, refit=True))
+    # without the refit, 30 was never trained: text alone; the refit learned it
+    assert not plain.item_id.weight[n].any()
+    assert again.item_id.weight[n].abs().sum() > 0
+    assert plain.fit_info["refit_seconds"] is None
+    assert again.fit_info["refit_seconds"] is not None
+    assert again.fit_info["best_epoch"] == plain.fit_info["best_epoch"]  # chosen the same way
+    # the same recipe again gives the same weights (dropout included)
+    third, _ = train.fit(text, hist, target, dataclasses.replace(cfg, refit=True))
+    s1, s2 = again.state_dict(), third.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
