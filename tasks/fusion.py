@@ -126,11 +126,8 @@ def tables(
     """
     last = hist[:, -1]
     has = last > 0
-    nxt_idx, nxt_w = _top(
-        *_impute(last[has], target[has], np.ones(int(has.sum()), np.float64), borrow),
-        n_items,
-        width,
-    )
+    pairs = _impute(last[has], target[has], np.ones(int(has.sum()), np.float64), borrow)
+    nxt_idx, nxt_w = _top(pairs[0], pairs[1], pairs[2], n_items, width)
     nxt_w = np.log1p(nxt_w)
     owner, col = np.nonzero(hist)
     a, b = hist[owner, col], target[owner]
@@ -140,7 +137,8 @@ def tables(
     deg = np.bincount(rows, minlength=n_items).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         vals = 1.0 / np.sqrt(deg[rows] * deg[cols])  # each pair's share of the cosine
-    near_idx, near_w = _top(*_impute(rows, cols, vals, borrow), n_items, width)
+    rows, cols, vals = _impute(rows, cols, vals, borrow)
+    near_idx, near_w = _top(rows, cols, vals, n_items, width)
     return Tables(nxt_idx, _unit_mean(nxt_w), near_idx, _unit_mean(near_w))
 
 
