@@ -95,14 +95,15 @@ class RulesConfig:
 # ---------------------------------------------------------------- loading
 
 
-def load(settings: Settings, kind: str, path: Path, cfg: IngestConfig = IngestConfig()) -> dict:
+def load(settings: Settings, kind: str, path: Path, cfg: IngestConfig | None = None) -> dict:
     """Replace rule list ``kind`` with the rows of CSV file ``path``; returns counts.
 
     Rows that break the list's contract go to ``rejected_rows`` (kind ``rules_<kind>``)
     with the record number, field and reason; a repeated entry is loaded once. Loading
-    the same file again changes nothing.
+    the same file again changes nothing. ``cfg``: the id length bound (``IngestConfig``).
     """
     started = time.perf_counter()
+    cfg = cfg or IngestConfig()
     if kind not in KINDS:
         raise ContractError(f"rule kind {kind!r} is not one of {', '.join(KINDS)}")
     path = Path(path).resolve()
@@ -154,6 +155,12 @@ def load(settings: Settings, kind: str, path: Path, cfg: IngestConfig = IngestCo
         time.perf_counter() - started,
     )
     return out
+
+
+def show(settings: Settings) -> list[dict]:
+    """Each loaded rule list: kind, rows, users, source file, load time."""
+    with db.connect(settings.warehouse) as con:
+        return db.frame(con, "rules_show").to_dicts()
 
 
 def _check_header(path: Path, kind: str, columns: list[str]) -> None:
@@ -247,7 +254,8 @@ def _counts(
     if include.height:  # per list user: |catalog left \ X_u| - |(list_u & catalog left) \ X_u|
         left = active.join(removed, on="item_id", how="anti")  # the catalog after global rules
         users = include.select("user_id").unique()
-        excluded = exclude.join(users, on="user_id", how="semi").join(left, on="item_id", how="semi")
+        excluded = exclude.join(users, on="user_id", how="semi")
+        excluded = excluded.join(left, on="item_id", how="semi")
         kept = (
             include.join(left, on="item_id", how="semi")
             .join(exclude, on=["user_id", "item_id"], how="anti")

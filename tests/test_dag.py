@@ -81,6 +81,10 @@ def test_tasks_edges_retries_and_pools(dagbag):
         "alpha",
         "mmr_lambda",
         "category_cap",
+        "exclude_items",
+        "exclude_user_items",
+        "include_items",
+        "consumable_days",
     }
     # the ranking layer's Params default to "off": today's lists unchanged
     assert (dag.params["alpha"], dag.params["mmr_lambda"], dag.params["category_cap"]) == (
@@ -88,6 +92,9 @@ def test_tasks_edges_retries_and_pools(dagbag):
         0.0,
         0,
     )
+    # the business rules' Params default to "off" too
+    rules = ("exclude_items", "exclude_user_items", "include_items", "consumable_days")
+    assert [dag.params[name] for name in rules] == [False, False, False, 0]
     assert dag.get_task("score").is_mapped if hasattr(dag.get_task("score"), "is_mapped") else True
     outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
     assert outlets == {"publish": ["nightrec_recommendations"]}
