@@ -207,17 +207,38 @@ def test_manual_run_params(dagbag, settings, monkeypatch):
 
     dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 4, "retrain": True})
     version = (settings.models_dir / "current").resolve().name
-    run = dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 3, "retrain": False})
+    serving = settings.serving / "current" / "serving.duckdb"
+    with duckdb.connect(str(serving), read_only=True) as con:
+        (top,) = con.execute(
+            "select item_id from recommendations where rank = 1 "
+            "group by item_id order by count(*) desc, item_id limit 1"
+        ).fetchone()
+    # a global exclusion list, loaded into the warehouse, applied by its Param
+    from nightrec.config import Settings
+    from nightrec.rules import load
+
+    rules_csv = settings.home / "exclude.csv"
+    rules_csv.write_text(f"item_id,reason\n{top},recall\n")
+    load(Settings.from_env(), "exclude_items", rules_csv)
+    conf = {"as_of": AS_OF.isoformat(), "top_n": 3, "retrain": False, "exclude_items": True}
+    run = dag.test(run_conf=conf)
     assert "success" in str(run.state).lower()
     assert (settings.models_dir / "current").resolve().name == version
-    with duckdb.connect(
-        str(settings.serving / "current" / "serving.duckdb"), read_only=True
-    ) as con:
-        models, max_rank, run_ids = con.execute(
-            "select count(distinct model_version), max(rank), list(distinct run_id) "
-            "from recommendations"
+    with duckdb.connect(str(serving), read_only=True) as con:
+        models, max_rank, run_ids, excluded = con.execute(
+            "select count(distinct model_version), max(rank), list(distinct run_id), "
+            "count(*) filter (where item_id = $1) from recommendations",
+            [top],
         ).fetchone()
     assert models == 1 and max_rank == 3 and run_ids == [run.run_id]
+    assert excluded == 0
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        (removed,) = con.execute(
+            "select value from run_metrics where run_id = $1 and step = 'rules' "
+            "and metric = 'exclude_items_removed'",
+            [run.run_id],
+        ).fetchone()
+    assert removed > 0
 
 
 def test_bad_param_is_refused(dagbag):
