@@ -157,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     p = sub.add_parser("rules", help="load or list business-rule lists")
-    p.add_argument("action", choices=["load", "show"])
-    p.add_argument("file", type=Path, nargs="?", help="load: the CSV file (the whole list)")
-    p.add_argument("--kind", choices=KINDS, help="load: which list the file replaces")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("load", help="replace one rule list with a CSV file")
+    q.add_argument("--kind", choices=KINDS, required=True, help="which list the file replaces")
+    q.add_argument("file", type=Path, help="the CSV file: the whole list")
+    actions.add_parser("show", help="the loaded rule lists")
 
     p = sub.add_parser("recs", help="show published recommendations")
     p.add_argument("--user", action="append", help="user id (repeatable)")
@@ -234,8 +236,6 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
 
         if args.action == "show":
             return rules.show(settings)
-        if args.file is None or args.kind is None:
-            raise ContractError("rules load needs --kind KIND and the CSV file")
         return rules.load(settings, args.kind, args.file)
     score_cfg, rank_cfg, rule_cfg = ScoreConfig(), RankConfig(), RulesConfig()
     if args.step in ("score", "run"):

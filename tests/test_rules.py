@@ -304,3 +304,14 @@ def test_load_refuses_a_bad_header_or_kind(settings: Settings, tmp_path: Path) -
     path = write_csv(tmp_path / "u.csv", "user_id,item_id", ["u1,i1"])
     with pytest.raises(ContractError, match="global exclusion list takes no user_id|unknown"):
         rules.load(settings, "exclude_items", path)
+
+
+def test_cli_loads_and_shows_rule_lists(settings: Settings, tmp_path: Path, capsys) -> None:
+    from nightrec import cli
+
+    path = write_csv(tmp_path / "recall.csv", "item_id,reason", ["i1,recall", "i2,recall"])
+    home = ["--home", str(settings.home), "--models-dir", str(settings.models_dir), "-q"]
+    assert cli.main([*home, "rules", "load", "--kind", "exclude_items", str(path)]) == 0
+    assert cli.main([*home, "rules", "show"]) == 0
+    assert '"rows": 2' in capsys.readouterr().out
+    assert cli.main([*home, "rules", "load", "--kind", "exclude_items", str(tmp_path / "no")]) == 2
