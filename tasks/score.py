@@ -29,7 +29,7 @@ import polars as pl
 
 from nightrec import db, ranking, registry, rules
 from nightrec.config import ContractError, ScoreConfig, Settings
-from nightrec.model import histories, plan_batches
+from nightrec.model import histories, padded_sets, plan_batches
 from nightrec.ranking import RankConfig
 from nightrec.rules import RulesConfig
 from nightrec.train import load_sequences
@@ -160,7 +160,10 @@ def score(
         lo, u = batch.start, u_all[batch]
         starts, ends = seqs.starts[u], seqs.ends[u]
         hist = histories(seqs.seq, starts, ends, max_history)
-        seen = excl.padded(rows_all[batch])
+        if applied is None:
+            seen = padded_sets(seqs.seq, starts, ends)
+        else:
+            seen = excl.padded(rows_all[batch])
         t = time.perf_counter()
         top_s, top_i, because = run_scorer(
             sess, hist, seen, widths[batch], bias, max(k_model, 1), cfg.model_batch
