@@ -22,7 +22,9 @@ time: a run for a date older than the live one publishes its version (queryable 
 **Rollback.** Trigger `rollback_recommendations` (Param: the version), or run
 `nightrec rollback [--version ID]`.
 
-**Params**: `as_of`, `top_n`, `retrain`, `provider`, `promote`, `score_shards`. Conf keys
+**Params**: `as_of`, `top_n`, `retrain`, `provider`, `promote`, `score_shards`; the ranking
+layer's `alpha`, `mmr_lambda`, `category_cap`; the business rules' `exclude_items`,
+`exclude_user_items`, `include_items`, `consumable_days` (all off by default). Conf keys
 that are not Params are refused. Tasks that open the warehouse share the one-slot pool
 `nightrec_warehouse`. All logic lives in the `nightrec` package (folder `tasks/`).
 """
@@ -112,6 +114,37 @@ PARAMS = {
         title="Items per category",
         description="At most this many items of one category in a list; 0 (default): no cap.",
     ),
+    "exclude_items": Param(
+        False,
+        type="boolean",
+        title="Rule: global exclusion list",
+        description="Never recommend the items of the exclude_items list "
+        "(`nightrec rules load --kind exclude_items`).",
+    ),
+    "exclude_user_items": Param(
+        False,
+        type="boolean",
+        title="Rule: per-user exclusions",
+        description="Never recommend a user the items listed for them (bought elsewhere, "
+        "hidden): the exclude_user_items list.",
+    ),
+    "include_items": Param(
+        False,
+        type="boolean",
+        title="Rule: inclusion lists",
+        description="Recommend only items of the include_items lists: the global one (rows "
+        "without user_id) for everyone, a user's own for that user.",
+    ),
+    "consumable_days": Param(
+        0,
+        type="integer",
+        minimum=0,
+        maximum=36500,
+        title="Rule: consumables again after (days)",
+        description="A consumable (consumables list: item or category) bought at least this "
+        "many days before as_of may be recommended again; 0 (default): never, like any "
+        "item the user interacted with.",
+    ),
     "score_shards": Param(
         1,
         type="integer",
@@ -132,6 +165,19 @@ def _rank_config(params):
         alpha=params["alpha"],
         mmr_lambda=params["mmr_lambda"],
         category_cap=params["category_cap"],
+    )
+
+
+def _rules_config(params):
+    """The business rules' Params as a RulesConfig."""
+    from nightrec.rules import RulesConfig
+
+    return _call(
+        RulesConfig,
+        exclude_items=params["exclude_items"],
+        exclude_user_items=params["exclude_user_items"],
+        include_items=params["include_items"],
+        consumable_days=params["consumable_days"],
     )
 
 
@@ -295,8 +341,16 @@ def nightly_recommendations():
             shard=shard,
         )
         settings = Settings.from_env()
+        rule_cfg = _rules_config(params)
         return _call(
-            score, settings, Path(snapshot_dir), context["run_id"], cfg, model_version, rank
+            score,
+            settings,
+            Path(snapshot_dir),
+            context["run_id"],
+            cfg,
+            model_version,
+            rank,
+            rule_cfg,
         )
 
     @task(pool=WAREHOUSE_POOL, outlets=[RECOMMENDATIONS])

@@ -125,3 +125,17 @@ create table if not exists gate_decisions (
     reason       varchar not null,
     decided_at   timestamptz not null
 );
+
+-- business rules (`nightrec rules load --kind KIND FILE.csv`): one row per list entry; a
+-- load replaces every row of its kind. The snapshot copies them (rules.parquet), and the
+-- score step applies those that its RulesConfig turns on (tasks/rules.py).
+create table if not exists rule_lists (
+    kind        varchar not null,         -- exclude_items | exclude_user_items | include_items | consumables
+    user_id     varchar,                  -- exclude_user_items: the user; include_items: null = global
+    item_id     varchar,                  -- null only for a consumable category
+    category    varchar,                  -- consumables: a whole category
+    reason      varchar,                  -- free text (bought, hidden, recall, ...)
+    source_file varchar not null,
+    row_number  bigint not null,          -- 1-based record after the header
+    loaded_at   timestamptz not null
+);

@@ -1,6 +1,6 @@
 -- One row per (user, item) seen before the cut-off: when first and last, how often,
 -- and the strongest signal. Training reads histories in first_ts order; scoring
--- excludes every item here.
+-- excludes every item here (the consumables rule reads last_purchase_ts).
 with events_before as (
     select * from events where ts < $cutoff
 ),
@@ -12,7 +12,8 @@ per_pair as (
         min(ts) as first_ts,
         max(ts) as last_ts,
         count(*) as n_events,
-        bool_or(event_type = 'purchase') as purchased
+        bool_or(event_type = 'purchase') as purchased,
+        max(ts) filter (where event_type = 'purchase') as last_purchase_ts
     from events_before
     group by user_id, item_id
 )

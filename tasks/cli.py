@@ -20,6 +20,7 @@ from nightrec.config import (
 from nightrec.db import Busy
 from nightrec.errors import ENVIRONMENT_EXIT, describe
 from nightrec.ranking import RankConfig
+from nightrec.rules import KINDS, RulesConfig
 
 STEPS = """steps (in nightly order):
   synth     generate a synthetic landing folder (items, users, events)
@@ -30,6 +31,7 @@ STEPS = """steps (in nightly order):
   evaluate  held-out figures of the configuration and the baselines (eval_metrics)
   promote   make a model version current (only forward in data time unless --force)
   score     score every user with ONNX Runtime (top-N, unseen, active items)
+  rules     load a business-rule list (exclusions, inclusions, consumables) from CSV
   publish   build a serving version; it goes live unless older than the live one
   run       all of the above after synth, in order
   recs      show a user's published recommendations
@@ -127,6 +129,25 @@ def main(argv: list[str] | None = None) -> int:
             )
             p.add_argument("--mmr-lambda", type=float, default=0.0, help="diversity; 0: off")
             p.add_argument("--category-cap", type=int, default=0, help="per category; 0: none")
+            p.add_argument(
+                "--exclude-items", action="store_true", help="rule: the global exclusion list"
+            )
+            p.add_argument(
+                "--exclude-user-items",
+                action="store_true",
+                help="rule: per-user exclusions (bought, hidden)",
+            )
+            p.add_argument(
+                "--include-items",
+                action="store_true",
+                help="rule: only items of the inclusion lists (global, per user)",
+            )
+            p.add_argument(
+                "--consumable-days",
+                type=_count(0, 36_500),
+                default=RulesConfig.consumable_days,
+                help="rule: consumables again this many days after the last purchase; 0: off",
+            )
         if name in ("train", "evaluate", "run"):
             p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
         if name == "run":
@@ -134,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(
                 "--wait", type=_seconds, default=0.0, help="seconds to wait for a run in progress"
             )
+
+    p = sub.add_parser("rules", help="load or list business-rule lists")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("load", help="replace one rule list with a CSV file")
+    q.add_argument("--kind", choices=KINDS, required=True, help="which list the file replaces")
+    q.add_argument("file", type=Path, help="the CSV file: the whole list")
+    actions.add_parser("show", help="the loaded rule lists")
 
     p = sub.add_parser("recs", help="show published recommendations")
     p.add_argument("--user", action="append", help="user id (repeatable)")
@@ -203,7 +231,13 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
         from nightrec.evaluate import evaluate
 
         return evaluate(settings, snap, run_id, args.model_version, TrainConfig(epochs=args.epochs))
-    score_cfg, rank_cfg = ScoreConfig(), RankConfig()
+    if args.step == "rules":
+        from nightrec import rules
+
+        if args.action == "show":
+            return rules.show(settings)
+        return rules.load(settings, args.kind, args.file)
+    score_cfg, rank_cfg, rule_cfg = ScoreConfig(), RankConfig(), RulesConfig()
     if args.step in ("score", "run"):
         score_cfg = ScoreConfig(
             top_n=args.top_n, provider=args.provider, batch_size=args.batch_size
@@ -211,10 +245,16 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
         rank_cfg = RankConfig(
             alpha=args.alpha, mmr_lambda=args.mmr_lambda, category_cap=args.category_cap
         )
+        rule_cfg = RulesConfig(
+            exclude_items=args.exclude_items,
+            exclude_user_items=args.exclude_user_items,
+            include_items=args.include_items,
+            consumable_days=args.consumable_days,
+        )
     if args.step == "score":
         from nightrec.score import score
 
-        return score(settings, snap, run_id, score_cfg, args.model_version, rank_cfg)
+        return score(settings, snap, run_id, score_cfg, args.model_version, rank_cfg, rule_cfg)
     if args.step == "publish":
         from nightrec.publish import publish
 
@@ -230,6 +270,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             rank_cfg=rank_cfg,
             promote=args.promote,
             lock_wait_s=args.wait,
+            rule_cfg=rule_cfg,
         )
         return {
             k: {"seconds": round(v["seconds"], 2), "result": v["result"]} for k, v in out.items()

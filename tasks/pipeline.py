@@ -8,6 +8,7 @@ import time
 
 from nightrec.config import ScoreConfig, Settings, TrainConfig, check_as_of, safe_id
 from nightrec.ranking import RankConfig
+from nightrec.rules import RulesConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def run_all(
     promote: bool = False,
     rank_cfg: RankConfig | None = None,
     lock_wait_s: float = 0.0,
+    rule_cfg: RulesConfig | None = None,
 ) -> dict[str, dict]:
     """ingest -> snapshot -> embed -> train -> evaluate -> gate -> score -> publish -> report.
 
@@ -35,7 +37,8 @@ def run_all(
 
     One run at a time per home: a second ``run`` waits ``lock_wait_s`` for the first, then
     refuses with a message naming it. ``promote`` forces this run's model and serving
-    version live even when its date is older than the live one.
+    version live even when its date is older than the live one. ``rule_cfg``: the
+    business rules scoring applies (None: none).
     """
     from nightrec import (
         embed,
@@ -82,7 +85,7 @@ def run_all(
             version = decision.scored_with
         else:
             version = step("train", lambda: registry.current(settings.models_dir).name)
-        step("score", score.score, settings, snap, run_id, score_cfg, version, rank_cfg)
+        step("score", score.score, settings, snap, run_id, score_cfg, version, rank_cfg, rule_cfg)
         step("publish", publish.publish, settings, run_id, as_of, promote)
         if retrain:
             step("report", lambda: str(report.write_report(settings, run_id)))

@@ -490,6 +490,12 @@ def record_run(
             },
         )
         db.record_metrics(con, run_id, "publish", {"rows": rows, "seconds": publish_seconds})
+        # the business rules that applied and the (user, item) pairs each removed; none: no rows
+        applied: dict[str, int] = {}
+        for s in stats:
+            for metric, n in (s.get("rules") or {}).items():
+                applied[metric] = applied.get(metric, 0) + n
+        db.record_metrics(con, run_id, "rules", applied)
         for step, values in _upstream_metrics(settings, as_of, model_version).items():
             db.record_metrics(con, run_id, step, values)
 

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nightrec import db, ranking, registry
+from nightrec import db, ranking, registry, rules
 from nightrec.config import ContractError, ScoreConfig, Settings
 from nightrec.model import histories, padded_sets, plan_batches
 from nightrec.ranking import RankConfig
+from nightrec.rules import RulesConfig
 from nightrec.train import load_sequences
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def score(
     cfg: ScoreConfig = ScoreConfig(),
     model_version: str | None = None,
     rank: RankConfig | None = None,
+    rule_cfg: RulesConfig | None = None,
 ) -> dict:
     """Score the users of one shard with ``model_version`` (default: the promoted one).
 
@@ -87,8 +89,11 @@ def score(
     for its own date, which need not be the live one. ``rank``: the ranking layer
     (``ranking``; None or the defaults: off, the scorer's top N as it comes). Shard 0
     also writes the model's similar items (``ScoreConfig.similar_k`` per active item).
+    ``rule_cfg``: the business rules (``rules``; None or the defaults: none, today's lists);
+    items a global rule removes are left out of the similar items too.
     """
     rank_cfg = rank or RankConfig()
+    rule_cfg = rule_cfg or RulesConfig()
     import onnxruntime as ort
 
     started = time.perf_counter()
@@ -115,6 +120,15 @@ def score(
     users = users.filter(in_shard(users, cfg.shard, cfg.num_shards))
     warm = warm.filter(pl.col("user_id").is_in(users.implode()))
     cold = users.filter(~users.is_in(warm["user_id"].implode()))
+    applied = None
+    if rule_cfg.active:
+        cutoff_at = dt.datetime.fromtimestamp(_cutoff_us(snapshot_dir) / 1e6, dt.UTC)
+        applied = rules.apply(snapshot_dir, users, rule_cfg, cutoff_at)
+        gone = model_items.join(applied.removed, on="item_id", how="semi")["idx"].to_numpy()
+        bias[gone] = -np.inf
+        excl = rules.Exclusions.of(warm["user_id"], model_items, applied)
+    else:  # today's exclude sets: every item of the user's history
+        excl = rules.Exclusions(seqs.seq, seqs.starts, seqs.ends, n_index)
 
     providers = choose_providers(cfg.provider)
     opts = ort.SessionOptions()
@@ -139,15 +153,20 @@ def score(
     written_parts: list[dict] = []
     written = 0  # users given at least one item; with the "empty" ones, every user of the shard
     u_all = warm["u"].to_numpy()
-    widths = seqs.ends[u_all] - seqs.starts[u_all]  # seen items per user: the exclude width
+    # excluded items per user (rules: rows in warm order; else rows of seqs): the exclude width
+    rows_all = np.arange(len(u_all)) if applied is not None else u_all
+    widths = excl.widths()[rows_all]
     for batch in plan_batches(widths, cfg.batch_size, cfg.max_exclude_cells):
         lo, u = batch.start, u_all[batch]
         starts, ends = seqs.starts[u], seqs.ends[u]
         hist = histories(seqs.seq, starts, ends, max_history)
-        seen = padded_sets(seqs.seq, starts, ends)
+        if applied is None:
+            seen = padded_sets(seqs.seq, starts, ends)
+        else:
+            seen = excl.padded(rows_all[batch])
         t = time.perf_counter()
         top_s, top_i, because = run_scorer(
-            sess, hist, seen, ends - starts, bias, max(k_model, 1), cfg.model_batch
+            sess, hist, seen, widths[batch], bias, max(k_model, 1), cfg.model_batch
         )
         t_model += time.perf_counter() - t
         if layer is None:
@@ -191,7 +210,7 @@ def score(
         rows += _write_part(pending, tmp, parts, written_parts)
         parts += 1
     if cold.len():
-        popular = popular_for(cold, snapshot_dir, cfg)
+        popular = popular_for(cold, snapshot_dir, cfg, applied)
         written += popular["user_id"].n_unique()
         _check_frame(popular)
         rows += _write_part([popular], tmp, parts, written_parts)
@@ -219,19 +238,22 @@ def score(
         "parts": written_parts,  # name, rows, bytes, sha256: publish trusts these
         "checked": "no item twice per user, ranks 1..n",
         "ranking": dataclasses.asdict(rank_cfg) if rank_cfg.active else None,
+        # the rules that applied and the (user, item) pairs each removed (consumables: put back)
+        "rules": None if applied is None else applied.counts,
         "similar": similar,  # shard 0: the similar-items file, listed like the parts
     }
     (tmp / "_SUCCESS.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info(
-        "score: %d users (%d cold) -> %d rows on %s in %.1fs (%.0f users/s)",
+        "score: %d users (%d cold) -> %d rows on %s in %.1fs (%.0f users/s); rules: %s",
         users.len(),
         cold.len(),
         rows,
         provider,
         seconds,
         users.len() / max(seconds, 1e-9),
+        "none" if applied is None else applied.counts,
     )
     return stats
 
@@ -376,13 +398,30 @@ def _check_frame(frame: pl.DataFrame) -> None:
         )
 
 
-def popular_for(cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig) -> pl.DataFrame:
-    """Top-N popular active items for users without usable history, minus what they saw."""
+def popular_for(
+    cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig, applied: rules.Applied | None = None
+) -> pl.DataFrame:
+    """Top-N popular active items for users without usable history, minus what they saw.
+
+    ``applied``: the business rules' sets (``rules.apply``): the exclude sets replace what
+    they saw, globally removed items are left out, and users with an inclusion list get
+    the most popular items of their list.
+    """
     import duckdb
 
-    seen = pl.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id"])
+    if applied is None:
+        seen = pl.read_parquet(
+            snapshot_dir / "interactions.parquet", columns=["user_id", "item_id"]
+        )
+    else:
+        seen = applied.exclude
     seen = seen.join(pl.DataFrame({"user_id": cold}), on="user_id", how="semi")
     most_seen = int(seen.group_by("user_id").len()["len"].max() or 0)  # type: ignore[arg-type]
+    removed = applied.removed.select("item_id") if applied is not None else None
+    listed = pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8})
+    if applied is not None:
+        listed = applied.include.join(pl.DataFrame({"user_id": cold}), on="user_id", how="semi")
+    limit = cfg.top_n + most_seen + (removed.height if removed is not None else 0)
     with duckdb.connect() as con:
         popular = db.frame(
             con,
@@ -391,13 +430,22 @@ def popular_for(cold: pl.Series, snapshot_dir: Path, cfg: ScoreConfig) -> pl.Dat
                 "interactions": str(snapshot_dir / "interactions.parquet"),
                 "items": str(snapshot_dir / "items.parquet"),
                 "window_days": cfg.popular_window_days,
-                "limit": cfg.top_n + most_seen,
+                # a user's inclusion list may reach anywhere in the popularity order
+                "limit": limit if listed.is_empty() else 2**62,
             },
         )
+    if removed is not None:
+        popular = popular.join(removed, on="item_id", how="anti", maintain_order="left")
+    popular = popular.with_row_index("pos")
+    plain = pl.DataFrame({"user_id": cold}).join(listed, on="user_id", how="anti")
+    candidates = pl.concat(
+        [
+            plain.join(popular.head(limit), how="cross"),
+            listed.join(popular, on="item_id", how="inner").select("user_id", *popular.columns),
+        ]
+    )
     recs = (
-        pl.DataFrame({"user_id": cold})
-        .join(popular.with_row_index("pos"), how="cross")
-        .join(seen, on=["user_id", "item_id"], how="anti")
+        candidates.join(seen, on=["user_id", "item_id"], how="anti")
         .sort(["user_id", "pos"])
         .with_columns(pl.int_range(1, pl.len() + 1).over("user_id").alias("rank"))
         .filter(pl.col("rank") <= cfg.top_n)

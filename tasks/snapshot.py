@@ -18,7 +18,7 @@ from nightrec.config import ContractError, Settings, check_as_of
 
 log = logging.getLogger(__name__)
 
-FILES = ("interactions", "items", "users")
+FILES = ("interactions", "items", "users", "rules")  # rules: the business-rule lists
 
 
 def cutoff_of(as_of: dt.date) -> dt.datetime:
@@ -27,7 +27,7 @@ def cutoff_of(as_of: dt.date) -> dt.datetime:
 
 
 def snapshot(settings: Settings, as_of: dt.date) -> Path:
-    """Write ``snapshots/<as_of>/{interactions,items,users}.parquet`` atomically."""
+    """Write ``snapshots/<as_of>/{interactions,items,users,rules}.parquet`` atomically."""
     started = time.perf_counter()
     check_as_of(as_of)
     out = settings.snapshot_dir(as_of)
@@ -38,7 +38,7 @@ def snapshot(settings: Settings, as_of: dt.date) -> Path:
     counts = {}
     with db.connect(settings.warehouse, read_only=True) as con:
         for name in FILES:
-            params = {} if name == "items" else {"cutoff": cutoff}
+            params = {} if name in ("items", "rules") else {"cutoff": cutoff}
             frame = db.frame(con, f"snapshot_{name}", params)
             frame.write_parquet(tmp / f"{name}.parquet")
             counts[name] = frame.height

@@ -81,6 +81,10 @@ def test_tasks_edges_retries_and_pools(dagbag):
         "alpha",
         "mmr_lambda",
         "category_cap",
+        "exclude_items",
+        "exclude_user_items",
+        "include_items",
+        "consumable_days",
     }
     # the ranking layer's Params default to "off": today's lists unchanged
     assert (dag.params["alpha"], dag.params["mmr_lambda"], dag.params["category_cap"]) == (
@@ -88,6 +92,9 @@ def test_tasks_edges_retries_and_pools(dagbag):
         0.0,
         0,
     )
+    # the business rules' Params default to "off" too
+    rules = ("exclude_items", "exclude_user_items", "include_items", "consumable_days")
+    assert [dag.params[name] for name in rules] == [False, False, False, 0]
     assert dag.get_task("score").is_mapped if hasattr(dag.get_task("score"), "is_mapped") else True
     outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
     assert outlets == {"publish": ["nightrec_recommendations"]}
@@ -200,17 +207,38 @@ def test_manual_run_params(dagbag, settings, monkeypatch):
 
     dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 4, "retrain": True})
     version = (settings.models_dir / "current").resolve().name
-    run = dag.test(run_conf={"as_of": AS_OF.isoformat(), "top_n": 3, "retrain": False})
+    serving = settings.serving / "current" / "serving.duckdb"
+    with duckdb.connect(str(serving), read_only=True) as con:
+        (top,) = con.execute(
+            "select item_id from recommendations where rank = 1 "
+            "group by item_id order by count(*) desc, item_id limit 1"
+        ).fetchone()
+    # a global exclusion list, loaded into the warehouse, applied by its Param
+    from nightrec.config import Settings
+    from nightrec.rules import load
+
+    rules_csv = settings.home / "exclude.csv"
+    rules_csv.write_text(f"item_id,reason\n{top},recall\n")
+    load(Settings.from_env(), "exclude_items", rules_csv)
+    conf = {"as_of": AS_OF.isoformat(), "top_n": 3, "retrain": False, "exclude_items": True}
+    run = dag.test(run_conf=conf)
     assert "success" in str(run.state).lower()
     assert (settings.models_dir / "current").resolve().name == version
-    with duckdb.connect(
-        str(settings.serving / "current" / "serving.duckdb"), read_only=True
-    ) as con:
-        models, max_rank, run_ids = con.execute(
-            "select count(distinct model_version), max(rank), list(distinct run_id) "
-            "from recommendations"
+    with duckdb.connect(str(serving), read_only=True) as con:
+        models, max_rank, run_ids, excluded = con.execute(
+            "select count(distinct model_version), max(rank), list(distinct run_id), "
+            "count(*) filter (where item_id = $1) from recommendations",
+            [top],
         ).fetchone()
     assert models == 1 and max_rank == 3 and run_ids == [run.run_id]
+    assert excluded == 0
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        (removed,) = con.execute(
+            "select value from run_metrics where run_id = $1 and step = 'rules' "
+            "and metric = 'exclude_items_removed'",
+            [run.run_id],
+        ).fetchone()
+    assert removed > 0
 
 
 def test_bad_param_is_refused(dagbag):
