@@ -11,15 +11,28 @@ Similar items: the share of an item's top 10 (item tower cosine, as published in
 ``similar_items``) in its own category, against 10 random active items (synthetic set:
 Beauty's catalog has no categories).
 
+int8 scorer (``quantize``, ``Int8Config``): the trained version's ``scorer.onnx`` is
+quantized as ``nightrec train --int8`` does, and both ONNX Runtime sessions (CPU) score
+every evaluated user with history through ``score.run_scorer`` (top 100, the user's
+items excluded, inactive items masked): NDCG@10 and HR@10 on the held-out items, the
+relative NDCG drop (what the gate compares with its tolerance, there on the fit's own
+held-out examples), the top-10 overlap, and the median seconds of the pass (same run,
+same process; ``--repeats``). A speed-only row on a random (untrained) encoder with a
+larger catalog and wider vectors shows where int8 starts to pay.
+
     python bench/ranking.py                    # reuses bench/quality.py's --home
     python bench/ranking.py --only synth
+    python bench/ranking.py --only synth --int8-only
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +160,153 @@ def similar_sanity(snap: Path, version: str, home: Path) -> dict | None:
     }
 
 
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _timed(runs: dict, repeats: int) -> dict:
+    """Median seconds of each run (fp32_s, int8_s) and their ratio; the passes alternate
+    (fp32, int8, fp32, ...) so that load from other processes falls on both alike."""
+    import numpy as np
+
+    times: dict[str, list[float]] = {kind: [] for kind in runs}
+    for run in runs.values():
+        run()  # warm-up
+    for _ in range(repeats):
+        for kind, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[kind].append(time.perf_counter() - t0)
+    out = {f"{kind}_s": float(np.median(t)) for kind, t in times.items()}
+    ratios = [a / b for a, b in zip(times["fp32"], times["int8"], strict=True)]
+    return {
+        **out,
+        "speedup": out["fp32_s"] / out["int8_s"],
+        "speedup_iqr": np.percentile(ratios, [25, 75]).tolist(),
+    }
+
+
+def int8_row(name: str, snap: Path, heldout: Path, version: str, home: Path, repeats: int) -> dict:
+    """fp32 against int8 scorer on the held-out items (module docstring)."""
+    import numpy as np
+    import polars as pl
+
+    from nightrec import quantize, registry, splits, train
+    from nightrec.config import Int8Config
+    from nightrec.model import histories, padded_sets
+    from nightrec.score import run_scorer
+
+    version_dir, manifest = registry.load_version(home / "models", version)
+    catalog = train.load_catalog(snap)
+    active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])
+    inter = splits.load_interactions(snap, catalog)
+    split = splits.given_targets(inter, pl.read_parquet(heldout), catalog, active)
+    warm = split.row >= 0
+    rows, target = split.row[warm], split.target[warm]
+    seqs = split.train
+    starts, ends = seqs.starts[rows], seqs.ends[rows]
+    hist = histories(seqs.seq, starts, ends, int(manifest["config"]["max_history"]))
+    seen = padded_sets(seqs.seq, starts, ends)
+    bias = np.where(active, 0.0, -np.inf).astype(np.float32)
+    int8_path = home / "bench-scorer-int8.onnx"
+    ops = quantize.quantize(version_dir / registry.SCORER, int8_path, Int8Config(enabled=True))
+    out: dict = {"data": name, "users": len(rows), "items": int(active.sum()), **ops}
+    out["dim"] = int(manifest["config"]["dim"])
+    tops = {}
+    runs = {
+        kind: partial(run_scorer, _session(path), hist, seen, ends - starts, bias, TOP_N, 128)
+        for kind, path in (("fp32", version_dir / registry.SCORER), ("int8", int8_path))
+    }
+    out.update(_timed(runs, repeats))
+    for kind, run in runs.items():
+        top_i = run()[1]
+        hit = top_i[:, :K] == target[:, None]
+        out[f"{kind}_ndcg"] = float(
+            np.where(hit.any(1), 1 / np.log2(hit.argmax(1) + 2.0), 0.0).mean()
+        )
+        out[f"{kind}_hr"] = float(hit.any(1).mean())
+        tops[kind] = top_i[:, :K]
+    out["drop"] = (out["fp32_ndcg"] - out["int8_ndcg"]) / out["fp32_ndcg"]
+    out["overlap"] = float(
+        np.mean([len(set(a) & set(b)) / K for a, b in zip(tops["fp32"], tops["int8"], strict=True)])
+    )
+    int8_path.unlink()
+    logging.info("int8 %s: %s", name, out)
+    return out
+
+
+def int8_speed_only(home: Path, n_items: int, dim: int, repeats: int) -> dict:
+    """fp32 against int8 seconds on a random encoder (no metric: it learnt nothing)."""
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from nightrec import quantize, registry
+    from nightrec.config import Int8Config, TrainConfig
+    from nightrec.model import Encoder, padded_sets
+    from nightrec.score import run_scorer
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(dim=dim)
+    text = torch.randn(n_items + 1, 384)
+    text[0] = 0.0
+    model = Encoder(text, cfg).eval()
+    index = pl.DataFrame(
+        {"item_id": [f"i{i}" for i in range(1, n_items + 1)], "idx": np.arange(1, n_items + 1)}
+    )
+    rng = np.random.default_rng(0)
+    hist = rng.integers(1, n_items + 1, (2048, cfg.max_history)).astype(np.int64)
+    folder = registry.export(model, home / "bench-int8-models", "v-random", index, {}, {}, hist[:8])
+    int8_path = folder.parent / "scorer_int8.onnx"
+    ops = quantize.quantize(folder / registry.SCORER, int8_path, Int8Config(enabled=True))
+    length = cfg.max_history
+    seen = padded_sets(
+        hist.ravel(), np.arange(len(hist)) * length, np.arange(1, len(hist) + 1) * length
+    )
+    bias = np.zeros(n_items + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    out: dict = {"data": "random encoder", "users": len(hist), "items": n_items, "dim": dim, **ops}
+    widths = np.full(len(hist), cfg.max_history)
+    runs = {
+        kind: partial(run_scorer, _session(path), hist, seen, widths, bias, TOP_N, 128)
+        for kind, path in (("fp32", folder / registry.SCORER), ("int8", int8_path))
+    }
+    out.update(_timed(runs, repeats))
+    shutil.rmtree(folder.parent)
+    logging.info("int8 speed only: %s", out)
+    return out
+
+
+def int8_table(rows: list[dict], repeats: int) -> str:
+    head = (
+        "| data | items | dim | users | products int8 | NDCG@10 fp32 | NDCG@10 int8 | drop | "
+        "HR@10 fp32 | HR@10 int8 | top-10 overlap | fp32 s | int8 s | speed-up |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        quality = (
+            f"{r['fp32_ndcg']:.4f} | {r['int8_ndcg']:.4f} | {r['drop']:+.2%} | "
+            f"{r['fp32_hr']:.4f} | {r['int8_hr']:.4f} | {r['overlap']:.3f}"
+            if "drop" in r
+            else "– | – | – | – | – | –"
+        )
+        lines.append(
+            f"| {r['data']} | {r['items']:,} | {r['dim']} | {r['users']:,} | "
+            f"{r['products_int8']} of {r['products']} | {quality} | {r['fp32_s']:.3f} | "
+            f"{r['int8_s']:.3f} | {r['speedup']:.2f}x "
+            f"[{r['speedup_iqr'][0]:.2f}–{r['speedup_iqr'][1]:.2f}] |"
+        )
+    lines.append(
+        f"\nseconds: median of {repeats} alternating passes, CPU provider, top {TOP_N}, "
+        "128 users per call; speed-up = fp32 s / int8 s (same run; [IQR] of the paired "
+        "ratios). drop = relative NDCG@10 drop (negative: int8 better); the gate's default "
+        "tolerance is 1%."
+    )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = "| data | alpha | lambda | NDCG@10 | HR@10 | coverage@10 | diversity@10 | novelty@10 |"
     lines = [head, "|" + "---|" * 8]
@@ -168,11 +328,18 @@ def main() -> None:
     ap.add_argument("--only", choices=("beauty", "synth"))
     ap.add_argument("--synth-users", type=int, default=5000)
     ap.add_argument("--synth-items", type=int, default=1000)
+    ap.add_argument("--int8-only", action="store_true", help="only the int8 scorer table")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes per int8/fp32 scorer")
+    ap.add_argument(
+        "--int8-random",
+        default="100000x64,100000x256",
+        help="speed-only rows (items x dim) on a random encoder; empty: none",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("nightrec.ingest", "nightrec.landing", "nightrec.train"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    rows, sanity = [], {}
+    rows, sanity, int8 = [], {}, []
     for name in ("beauty", "synth"):
         if args.only not in (None, name):
             continue
@@ -180,8 +347,18 @@ def main() -> None:
             name if name == "beauty" else f"synth-{args.synth_users}x{args.synth_items}"
         )
         snap, heldout, version = prepare(name, home, args)
+        int8.append(int8_row(name, snap, heldout, version, home, args.repeats))
+        if args.int8_only:
+            continue
         rows += sweep(name, snap, heldout, version, home)
         sanity[name] = similar_sanity(snap, version, home)
+    for spec in filter(None, args.int8_random.split(",")):
+        n_items, dim = (int(x) for x in spec.split("x"))
+        int8.append(int8_speed_only(args.home, n_items, dim, args.repeats))
+    print(int8_table(int8, args.repeats))
+    if args.int8_only:
+        return
+    print()
     print(table(rows))
     print("\n| data | items | similar top 10 in the same category | 10 random items |")
     print("|---|---|---|---|")

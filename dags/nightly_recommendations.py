@@ -145,6 +145,22 @@ PARAMS = {
         "many days before as_of may be recommended again; 0 (default): never, like any "
         "item the user interacted with.",
     ),
+    "int8": Param(
+        False,
+        type="boolean",
+        title="int8 scorer",
+        description="Also quantize the scorer to int8; it serves (on CPU) only if its held-out "
+        "NDCG@10 drop is within the tolerance. The manifest records the decision.",
+    ),
+    "int8_tolerance": Param(
+        0.01,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="int8 tolerance",
+        description="Largest relative drop of held-out NDCG@10 ((fp32 - int8) / fp32) "
+        "that the int8 scorer may cost.",
+    ),
     "score_shards": Param(
         1,
         type="integer",
@@ -280,13 +296,16 @@ def nightly_recommendations():
         from pathlib import Path
 
         from nightrec import registry
-        from nightrec.config import Settings, parse_date
+        from nightrec.config import Int8Config, Settings, TrainConfig, parse_date
         from nightrec.train import train
 
         settings = Settings.from_env()
-        if not context["params"]["retrain"]:
+        params = context["params"]
+        if not params["retrain"]:
             return _call(registry.current, settings.models_dir).name
-        return _call(train, settings, Path(snapshot_dir), parse_date(plan["as_of"]))
+        int8 = _call(Int8Config, enabled=params["int8"], tolerance=params["int8_tolerance"])
+        as_of = parse_date(plan["as_of"])
+        return _call(train, settings, Path(snapshot_dir), as_of, TrainConfig(), int8)
 
     @task(pool=WAREHOUSE_POOL, **GPU)
     def evaluate(snapshot_dir: str, version: str, **context) -> dict | None:

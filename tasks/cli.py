@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nightrec.config import (
     ContractError,
+    Int8Config,
     ScoreConfig,
     Settings,
     TrainConfig,
@@ -150,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         if name in ("train", "evaluate", "run"):
             p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+        if name in ("train", "run"):
+            p.add_argument(
+                "--int8",
+                action="store_true",
+                help="also an int8 scorer, served only within --int8-tolerance (CPU)",
+            )
+            p.add_argument(
+                "--int8-tolerance",
+                type=float,
+                default=Int8Config.tolerance,
+                help="largest relative drop of held-out NDCG@10 that int8 may cost",
+            )
         if name == "run":
             p.add_argument("--no-retrain", action="store_true", help="score with the current model")
             p.add_argument(
@@ -199,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _int8(args: argparse.Namespace) -> Int8Config:
+    return Int8Config(enabled=args.int8, tolerance=args.int8_tolerance)
+
+
 def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     from nightrec import pipeline
 
@@ -226,7 +243,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "train":
         from nightrec.train import train
 
-        return train(settings, snap, as_of, TrainConfig(epochs=args.epochs))
+        return train(settings, snap, as_of, TrainConfig(epochs=args.epochs), _int8(args))
     if args.step == "evaluate":
         from nightrec.evaluate import evaluate
 
@@ -266,6 +283,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             run_id,
             retrain=not args.no_retrain,
             train_cfg=TrainConfig(epochs=args.epochs),
+            int8_cfg=_int8(args),
             score_cfg=score_cfg,
             rank_cfg=rank_cfg,
             promote=args.promote,

@@ -212,6 +212,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Int8Config:
+    """The dynamically quantized (int8) scorer: kept beside ``scorer.onnx`` only when it ranks
+    the fit's held-out examples within ``tolerance`` of fp32 (``quantize``).
+
+    Off by default: at the default ``dim`` (64) the scorer is not bound by its matrix
+    products and int8 is no faster (``bench/ranking.py``); it pays for wide vectors.
+    """
+
+    enabled: bool = False
+    # largest relative drop of the held-out NDCG@10 ((fp32 - int8) / fp32) that may be served
+    tolerance: float = 0.01
+    per_channel: bool = True  # one weight scale per output column (per item of the item matrix)
+    # 7-bit weights: no int16 saturation on CPUs without VNNI, so the gate's figure holds on
+    # whichever worker scores (the export machine need not be the scoring one)
+    reduce_range: bool = True
+
+    def __post_init__(self) -> None:
+        check_number("int8 tolerance", self.tolerance, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     top_n: int = 100
     batch_size: int = 1024  # users read, scored and turned into rows together

@@ -220,7 +220,11 @@ def pick_encoder(
         return torch_enc, encoder, {"runtime": "torch", "onnx_failed": str(exc)[:200]}
     sample = sample[: cfg.gate_texts] or ["an item"]
     cosine = (onnx_enc._forward(sample) * torch_enc._forward(sample)).sum(1)
-    gate = {"texts": len(sample), "min_cosine": round(float(cosine.min()), 6)}
+    gate = {
+        "texts": len(sample),
+        "min_cosine": round(float(cosine.min()), 6),  # measured
+        "threshold": cfg.min_cosine,  # EmbedConfig.min_cosine: below it, not used
+    }
     if cosine.min() < cfg.min_cosine and cfg.quantize:
         raise ContractError(
             f"embed: the int8 text encoder drifts from PyTorch (min cosine {cosine.min():.4f} "

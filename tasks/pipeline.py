@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import time
 
-from nightrec.config import ScoreConfig, Settings, TrainConfig, check_as_of, safe_id
+from nightrec.config import Int8Config, ScoreConfig, Settings, TrainConfig, check_as_of, safe_id
 from nightrec.ranking import RankConfig
 from nightrec.rules import RulesConfig
 
@@ -30,6 +30,7 @@ def run_all(
     rank_cfg: RankConfig | None = None,
     lock_wait_s: float = 0.0,
     rule_cfg: RulesConfig | None = None,
+    int8_cfg: Int8Config = Int8Config(),
 ) -> dict[str, dict]:
     """ingest -> snapshot -> embed -> train -> evaluate -> gate -> score -> publish -> report.
 
@@ -38,7 +39,8 @@ def run_all(
     One run at a time per home: a second ``run`` waits ``lock_wait_s`` for the first, then
     refuses with a message naming it. ``promote`` forces this run's model and serving
     version live even when its date is older than the live one. ``rule_cfg``: the
-    business rules scoring applies (None: none).
+    business rules scoring applies (None: none). ``int8_cfg``: the int8 scorer
+    (``quantize``).
     """
     from nightrec import (
         embed,
@@ -69,7 +71,7 @@ def run_all(
         snap = step("snapshot", snapshot.snapshot, settings, as_of)
         step("embed", embed.embed, settings, snap)
         if retrain:
-            candidate = step("train", train.train, settings, snap, as_of, train_cfg)
+            candidate = step("train", train.train, settings, snap, as_of, train_cfg, int8_cfg)
             summary = step(
                 "evaluate",
                 evaluate.evaluate,

@@ -1,7 +1,8 @@
 """The model registry: one folder per version, a ``current`` pointer, checksums.
 
 A version folder holds ``scorer.onnx`` (the fused top-N graph), ``encoder.pt`` (the
-PyTorch weights), ``items.parquet`` (item_id of each model index) and
+PyTorch weights), ``items.parquet`` (item_id of each model index), ``scorer_int8.onnx``
+when the int8 scorer passed its gate (``quantize``; the manifest's ``int8`` says) and
 ``manifest.json`` (config, data cut-off, metrics, package versions, parity, and the
 sha256 of every file). It is written under a temporary name and renamed into place;
 ``current`` is a symlink swapped atomically, and only after the parity check passed.
@@ -27,12 +28,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nightrec.config import ContractError, safe_id
+from nightrec.config import ContractError, Int8Config, safe_id
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SCORER = "scorer.onnx"
+SCORER_INT8 = "scorer_int8.onnx"  # only where manifest["int8"]["used"] (``quantize``)
 CURRENT = "current"
 PARITY_ATOL = 1e-4
 PACKAGES = ("torch", "onnx", "onnxruntime", "transformers", "duckdb", "polars", "numpy")
@@ -78,8 +80,15 @@ def export(
     config: dict,
     extra: dict,
     example_history: np.ndarray,
+    int8: Int8Config = Int8Config(),
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Export ``model`` (an Encoder) as a version folder and check ONNX/PyTorch parity."""
+    """Export ``model`` (an Encoder) as a version folder and check ONNX/PyTorch parity.
+
+    ``int8`` enabled: the int8 scorer is measured on ``held_out`` (histories [n, L],
+    targets [n]) and kept only within its tolerance (``quantize.build``); the manifest's
+    ``int8`` records the decision either way.
+    """
     import torch
 
     from nightrec.model import TopNScorer
@@ -124,6 +133,9 @@ def export(
         },
     )
     parity = check_parity(scorer, tmp / SCORER, example_history, bias)
+    from nightrec import quantize
+
+    int8_record = quantize.build(tmp / SCORER, tmp / SCORER_INT8, int8, held_out, n)
     torch.save(model.state_dict(), tmp / "encoder.pt")
     item_index.write_parquet(tmp / "items.parquet")
     files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
@@ -133,6 +145,7 @@ def export(
         "config": config,
         **extra,
         "parity": parity,
+        "int8": int8_record,
         "packages": _versions(),
         "files": files,
     }
@@ -182,6 +195,23 @@ def check_parity(scorer: Any, onnx_path: Path, histories: np.ndarray, bias: np.n
             f"(tolerance {PARITY_ATOL}), masked entries equal: {same_finite}, ids equal: {ids_ok}"
         )
     return {"batch": b, "k": k, "max_abs_diff": diff, "tolerance": PARITY_ATOL}
+
+
+def scorer_file(version_dir: Path, manifest: dict, cpu: bool) -> Path:
+    """The scorer to run: the int8 one where its gate passed (manifest ``int8.used``) and
+    the provider is the CPU (the gate measured it there), else ``scorer.onnx``."""
+    record = manifest.get("int8") or {}
+    if not (isinstance(record, dict) and record.get("used") is True):
+        return version_dir / SCORER
+    if SCORER_INT8 not in manifest.get("files", {}):
+        raise ContractError(
+            f"model version {version_dir.name!r}: its manifest says the int8 scorer is used "
+            f"but does not list {SCORER_INT8}"
+        )
+    if not cpu:
+        log.info("score: %s passed its gate on CPU; on this provider fp32 scores", SCORER_INT8)
+        return version_dir / SCORER
+    return version_dir / SCORER_INT8
 
 
 def model_key() -> bytes | None:

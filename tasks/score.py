@@ -132,11 +132,14 @@ def score(
 
     providers = choose_providers(cfg.provider)
     opts = ort.SessionOptions()
-    sess = ort.InferenceSession(str(version_dir / registry.SCORER), opts, providers=providers)
+    # int8 only where its gate passed (checked with the other files by load_version)
+    scorer = registry.scorer_file(version_dir, manifest, providers[0] == "CPUExecutionProvider")
+    sess = ort.InferenceSession(str(scorer), opts, providers=providers)
     provider = sess.get_providers()[0]
     log.info(
-        "score: model %s on %s; %d users with history, %d cold, top %d of %d active items",
+        "score: model %s (%s) on %s; %d users with history, %d cold, top %d of %d active items",
         manifest["version"],
+        scorer.name,
         provider,
         warm.height,
         cold.len(),
@@ -224,6 +227,7 @@ def score(
         "snapshot": str(snapshot_dir.resolve()),
         "model_version": manifest["version"],
         "provider": provider,
+        "scorer": scorer.name,  # scorer_int8.onnx where the int8 gate passed (``quantize``)
         "users": users.len(),
         "users_history": warm.height,
         "users_cold": cold.len(),

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from nightrec import registry
-from nightrec.config import ContractError, Settings, TrainConfig
+from nightrec.config import ContractError, Int8Config, Settings, TrainConfig
 from nightrec.embed import load_embeddings
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,15 @@ def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np
     return hist, target
 
 
-def fingerprint(snapshot_dir: Path, cfg: TrainConfig, encoder: str) -> str:
+def fingerprint(
+    snapshot_dir: Path, cfg: TrainConfig, encoder: str, int8: Int8Config | None = None
+) -> str:
     """Same data, config, text encoder and training method -> same version id (a re-run
-    changes nothing; an upgrade whose training differs trains again)."""
+    changes nothing; an upgrade whose training differs trains again). An int8 request is
+    part of it (its folder differs); int8 off leaves the id as it was before int8."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    if int8 is not None and int8.enabled:
+        h.update(json.dumps(dataclasses.asdict(int8), sort_keys=True).encode())
     h.update(METHOD.encode())
     h.update(encoder.encode())
     for name in ("interactions.parquet", "items.parquet", "text_embeddings.npy"):
@@ -362,16 +367,24 @@ def _fuse(
 
 
 def train(
-    settings: Settings, snapshot_dir: Path, as_of: dt.date, cfg: TrainConfig = TrainConfig()
+    settings: Settings,
+    snapshot_dir: Path,
+    as_of: dt.date,
+    cfg: TrainConfig = TrainConfig(),
+    int8: Int8Config = Int8Config(),
 ) -> str:
     """Train, export to ONNX and check parity; returns the model version (not promoted).
 
     Promotion is a separate step (``registry.promote``) so that a backfill's model never
-    replaces a newer live one.
+    replaces a newer live one. ``int8``: also an int8 scorer, kept if it ranks the
+    held-out examples within its tolerance (``quantize``).
     """
+    from nightrec import quantize
+
     started = time.perf_counter()
-    encoder = json.loads((snapshot_dir / "embed.json").read_text())["encoder"]
-    version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder)}"
+    embed_info = json.loads((snapshot_dir / "embed.json").read_text())
+    encoder = embed_info["encoder"]
+    version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder, int8)}"
     existing = settings.models_dir / version
     if existing.is_dir() and (existing / registry.MANIFEST).is_file():
         registry.verify(existing)
@@ -390,6 +403,7 @@ def train(
     )
     model, losses = fit(text, hist, target, cfg)
     train_seconds = time.perf_counter() - started
+    valid = holdout(len(target), cfg)  # the examples fit held out: the int8 gate's
     registry.export(
         model,
         settings.models_dir,
@@ -400,6 +414,7 @@ def train(
             "as_of": as_of.isoformat(),
             "data_cutoff": json.loads((snapshot_dir / "snapshot.json").read_text())["cutoff"],
             "text_encoder": encoder,
+            "text_int8": quantize.text_record(embed_info),
             "metrics": {
                 "train_loss": losses[-1],
                 **model.fit_info,
@@ -410,6 +425,8 @@ def train(
             },
         },
         example_history=np.tile(hist[:8], (2, 1))[:8],  # >= 2 rows: batch stays dynamic
+        int8=int8,
+        held_out=(hist[valid], target[valid]),
     )
     log.info("train: %s trained and exported in %.1fs", version, time.perf_counter() - started)
     return version

@@ -85,6 +85,8 @@ def test_tasks_edges_retries_and_pools(dagbag):
         "exclude_user_items",
         "include_items",
         "consumable_days",
+        "int8",
+        "int8_tolerance",
     }
     # the ranking layer's Params default to "off": today's lists unchanged
     assert (dag.params["alpha"], dag.params["mmr_lambda"], dag.params["category_cap"]) == (

@@ -93,3 +93,4 @@ def test_drift_gate_refuses_an_encoder_that_drifts(encoders) -> None:
     enc, cache_key, info = embed.pick_encoder(settings, model_dir, key, loose, TITLES)
     assert cache_key == key + "-int8" and info["runtime"] == "onnx-int8"
     assert info["drift_gate"]["min_cosine"] < EmbedConfig().min_cosine
+    assert info["drift_gate"]["threshold"] == 0.5  # the decision's bound, recorded with it

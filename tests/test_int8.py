@@ -1,0 +1,212 @@
+"""The int8 scorer: served only within its tolerance, recorded in the sealed manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+import pytest
+import torch
+from conftest import AS_OF
+from test_model import (
+    HELD_A,
+    HELD_C,
+    N_ITEMS,
+    PARITY_CFG,
+    PLANTED_CFG,
+    TEXT_DIM,
+    A,
+    B,
+    C,
+    D,
+    _random_histories,
+    _write_planted,
+)
+
+from nightrec import embed, ingest, quantize, registry, score, snapshot, train
+from nightrec.config import ContractError, Int8Config, ScoreConfig, Settings
+from nightrec.model import Encoder
+
+# enough held-out examples on the planted set (about 100) for the gate to measure on
+HELD_CFG = dataclasses.replace(PLANTED_CFG, valid_share=0.2, min_valid=20)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("planted-int8")
+    settings = Settings.from_env(home=root / "home", models_dir=root / "models")
+    _write_planted(settings.landing)
+    ingest.ingest(settings)
+    snap = snapshot.snapshot(settings, AS_OF)
+    embed.embed(settings, snap)
+    return {"settings": settings, "snapshot": snap}
+
+
+def _lists(settings: Settings, stats: dict) -> pl.DataFrame:
+    folder = score.shard_dir(settings, stats["run_id"], 0, 1)
+    parts = sorted(folder.glob("part-*.parquet"))
+    return pl.concat([pl.read_parquet(p) for p in parts]).sort("user_id", "rank")
+
+
+def test_int8_within_tolerance_serves_and_is_recorded(planted) -> None:
+    settings, snap = planted["settings"], planted["snapshot"]
+    version = train.train(settings, snap, AS_OF, HELD_CFG, Int8Config(enabled=True))
+    folder, manifest = registry.load_version(settings.models_dir, version)
+    record = manifest["int8"]
+    assert record["used"] is True, record
+    assert record["metric"] == "ndcg@10" and record["tolerance"] == 0.01
+    assert record["examples"] == manifest["metrics"]["valid_examples"] >= 50
+    assert record["drop"] <= 0.01 and record["masked_equal"] and record["products_int8"] >= 1
+    assert record["drop"] == pytest.approx((record["fp32"] - record["int8"]) / record["fp32"])
+    assert record["fp32"] > 0.3 and record["speedup"] > 0  # a learnt model, measured
+    # checksummed and sealed like every file of the version
+    assert manifest["files"][registry.SCORER_INT8] == registry.sha256(folder / "scorer_int8.onnx")
+    # the text encoder's drift gate (fp32 ONNX here) is recorded beside it
+    text = manifest["text_int8"]
+    assert text["used"] is False and text["runtime"] == "onnx"
+    assert text["drift_gate"]["min_cosine"] >= text["drift_gate"]["threshold"] == 0.999
+    # an int8 request is another version than the plain one; int8 off keeps today's id
+    embed_info = json.loads((snap / "embed.json").read_text())
+    plain = train.fingerprint(snap, HELD_CFG, embed_info["encoder"])
+    assert version != f"v{AS_OF:%Y%m%d}-{plain}"
+    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], Int8Config()) == plain
+
+    stats = score.score(settings, snap, "int8", ScoreConfig(top_n=5, provider="cpu"), version)
+    assert stats["scorer"] == registry.SCORER_INT8
+    recs = _lists(settings, stats)
+    first = dict(zip(*recs.filter(pl.col("rank") == 1)[["user_id", "item_id"]], strict=True))
+    assert [first[u] for u in HELD_A] == [B] * len(HELD_A)
+    assert [first[u] for u in HELD_C] == [D] * len(HELD_C)
+    assert A not in set(recs.filter(pl.col("user_id").is_in(HELD_A))["item_id"])
+    assert C not in set(recs.filter(pl.col("user_id").is_in(HELD_C))["item_id"])
+    # the gate measured the CPU: another provider scores with fp32
+    assert registry.scorer_file(folder, manifest, cpu=False).name == registry.SCORER
+
+
+def test_int8_without_held_out_examples_is_refused_and_output_unchanged(planted) -> None:
+    """PLANTED_CFG holds out ~30 examples (< min_valid): no measurement, so no int8."""
+    settings, snap = planted["settings"], planted["snapshot"]
+    today = train.train(settings, snap, AS_OF, PLANTED_CFG)
+    asked = train.train(settings, snap, AS_OF, PLANTED_CFG, Int8Config(enabled=True))
+    m_today = registry.verify(settings.models_dir / today)
+    m_asked = registry.verify(settings.models_dir / asked)
+    assert m_today["int8"]["used"] is False and "not asked" in m_today["int8"]["reason"]
+    assert m_asked["int8"]["used"] is False and "no held-out" in m_asked["int8"]["reason"]
+    assert registry.SCORER_INT8 not in m_asked["files"]
+    assert not (settings.models_dir / asked / registry.SCORER_INT8).exists()
+    cfg = ScoreConfig(top_n=5, provider="cpu")
+    one = score.score(settings, snap, "fp32-today", cfg, today)
+    two = score.score(settings, snap, "fp32-asked", cfg, asked)
+    assert one["scorer"] == two["scorer"] == registry.SCORER
+    assert _lists(settings, one).equals(_lists(settings, two))
+
+
+def _random_model() -> Encoder:
+    torch.manual_seed(0)
+    text = torch.randn(N_ITEMS + 1, TEXT_DIM)
+    text[0] = 0.0
+    model = Encoder(text, PARITY_CFG).eval()
+    with torch.no_grad():
+        for p in model.user_mlp.parameters():
+            p.mul_(3.0)
+    return model
+
+
+def _export(model: Encoder, models: Path, name: str, int8: Int8Config, held) -> Path:
+    index = pl.DataFrame(
+        {"item_id": [f"i{i:02d}" for i in range(1, N_ITEMS + 1)], "idx": np.arange(1, N_ITEMS + 1)}
+    )
+    example = _random_histories(np.random.default_rng(0), 8, PARITY_CFG.max_history)
+    return registry.export(
+        model, models, name, index, dataclasses.asdict(PARITY_CFG), {}, example, int8, held
+    )
+
+
+def _fp32_top1(folder: Path, hist: np.ndarray) -> np.ndarray:
+    """The fp32 scorer's first item per history: as a target, fp32's NDCG@10 is exactly 1."""
+    sess = ort.InferenceSession(str(folder / registry.SCORER), providers=["CPUExecutionProvider"])
+    bias = np.zeros(N_ITEMS + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    return sess.run(None, registry.scorer_inputs(hist, hist, bias, 1))[1][:, 0]
+
+
+def test_int8_beyond_tolerance_is_refused_and_fp32_kept(tmp_path: Path) -> None:
+    model = _random_model()
+    hist = _random_histories(np.random.default_rng(3), 400, PARITY_CFG.max_history)
+    plain = _export(model, tmp_path, "v-plain", Int8Config(), None)
+    target = _fp32_top1(plain, hist)
+    strict = _export(
+        model, tmp_path, "v-strict", Int8Config(enabled=True, tolerance=0.0), (hist, target)
+    )
+    manifest = registry.verify(strict)
+    record = manifest["int8"]
+    # the premise: int8 moves some first places of an untrained model with near ties
+    assert record["fp32"] == 1.0 and record["drop"] > 0, record
+    assert record["used"] is False and "> tolerance" in record["reason"]
+    assert set(manifest["files"]) == {registry.SCORER, "encoder.pt", "items.parquet"}
+    assert sorted(p.name for p in strict.iterdir()) == sorted([*manifest["files"], "manifest.json"])
+    assert registry.scorer_file(strict, manifest, cpu=True).name == registry.SCORER
+    # the fp32 scorer is today's: the same outputs as a version exported without int8
+    assert np.array_equal(_fp32_top1(strict, hist), target)
+    # ... and the same measurement under a tolerance above the drop uses int8
+    loose = Int8Config(enabled=True, tolerance=min(1.0, record["drop"] * 2))
+    kept = registry.verify(_export(model, tmp_path, "v-loose", loose, (hist, target)))["int8"]
+    assert kept["used"] is True and kept["drop"] == record["drop"]
+
+
+def test_int8_scorer_file_is_verified(planted, tmp_path: Path) -> None:
+    settings, snap = planted["settings"], planted["snapshot"]
+    version = train.train(settings, snap, AS_OF, HELD_CFG, Int8Config(enabled=True))
+    source = settings.models_dir / version
+    assert registry.verify(source)["int8"]["used"] is True
+
+    def copy(name: str) -> Path:
+        import shutil
+
+        dest = tmp_path / name / version
+        shutil.copytree(source, dest)
+        return dest
+
+    tampered = copy("tampered")
+    with (tampered / registry.SCORER_INT8).open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ContractError, match="checksum mismatch"):
+        registry.load_version(tampered.parent, version)
+    gone = copy("gone")
+    (gone / registry.SCORER_INT8).unlink()
+    with pytest.raises(ContractError, match="listed files missing"):
+        registry.load_version(gone.parent, version)
+    # a (re-sealed) manifest that claims int8 without listing its file is refused by score
+    unlisted = copy("unlisted")
+    (unlisted / registry.SCORER_INT8).unlink()
+    manifest = json.loads((unlisted / registry.MANIFEST).read_text())
+    del manifest["files"][registry.SCORER_INT8]
+    registry.write_manifest(unlisted, manifest)
+    with pytest.raises(ContractError, match="does not list scorer_int8.onnx"):
+        score.score(
+            dataclasses.replace(settings, models_dir=unlisted.parent),
+            snap,
+            "unlisted",
+            ScoreConfig(top_n=5, provider="cpu"),
+            version,
+        )
+
+
+def test_int8_config_bounds() -> None:
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ContractError, match="int8 tolerance"):
+            Int8Config(enabled=True, tolerance=bad)
+    record = quantize.build(Path("unused"), Path("unused"), Int8Config(), None, 3)
+    assert record["used"] is False and record["reason"].startswith("not asked")
