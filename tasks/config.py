@@ -157,19 +157,23 @@ class TrainConfig:
     valid_share: float = 0.05  # examples held out of training to choose the epoch ...
     max_valid: int = 10_000  # ... at most this many (validation is ranked over the catalog)
     min_valid: int = 50  # fewer held-out examples than this: no early stopping, all epochs
-    max_train_seconds: float = 300.0  # time budget of one fit: no epoch starts that would end later
+    # time budget of choosing the epoch: no epoch starts that would end later (the refit then
+    # trains that many epochs again)
+    max_train_seconds: float = 300.0
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-6
     id_dropout: float = 0.2  # chance an item's id part is dropped in a step: text must carry it
-    dropout: float = 0.0  # dropout on the history's item vectors while training
+    # dropout on the history's item vectors while training: Beauty's validation NDCG@10
+    # 0.0707 at 0, 0.0745 at 0.5, 0.0756 at 0.65, 0.0720 at 0.8 (with the refit)
+    dropout: float = 0.65
     user_encoder: str = "pool"  # pool: last item + MLP of a recency-weighted mean; attention
     layers: int = 2  # attention: transformer blocks (SASRec-style, causal)
     heads: int = 1  # attention: heads per block (dim must divide by it)
-    refit: bool = False  # after choosing the epoch, train again on every example that long
+    refit: bool = True  # after choosing the epoch, train again on every example that long
     # items without interactions borrow the id part and neighbours of the item whose text is
     # closest (scaled by that cosine); off: their text alone places them
-    cold_borrow: bool = False
+    cold_borrow: bool = True
     negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
     # item-to-item neighbours fused into the score (``fusion``): kept per item; 0: encoder alone
     neighbours: int = 50

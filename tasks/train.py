@@ -42,7 +42,7 @@ from nightrec.embed import load_embeddings
 log = logging.getLogger(__name__)
 
 # bumped when the same data and config would train a different model (a new loss, fusion)
-METHOD = "encoder+neighbours-1"
+METHOD = "encoder+neighbours-2"  # 2: dropout, refit, cold items borrow
 
 
 @dataclass

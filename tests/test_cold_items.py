@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from nightrec import train
+from nightrec import fusion, train
 from nightrec.config import TrainConfig, default_text_model
 from nightrec.embed import TextEncoder
 from nightrec.synth import CATEGORIES
@@ -23,9 +25,12 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def trained(one_torch_thread) -> dict:
-    """Users who stay in one category; each category's last item is cold (text only)."""
+@pytest.fixture(scope="module", params=[False, True], ids=["text-only", "borrow"])
+def trained(request, one_torch_thread) -> dict:
+    """Users who stay in one category; each category's last item is cold (text only).
+
+    "borrow" (the default): cold items also borrow their closest known item's id part.
+    """
     cats = list(CATEGORIES)[:4]
     titles, cat_of = [], []
     for c, name in enumerate(cats):
@@ -53,15 +58,28 @@ def trained(one_torch_thread) -> dict:
     )
     hist, target = train.training_examples(data, CFG)
     assert not set(cold.values()) & (set(hist.ravel().tolist()) | set(target.tolist()))
-    model, _ = train.fit(text, hist, target, CFG)
-    return {"model": model, "cold": cold, "cat": cat_of_idx, "n": len(titles)}
+    cfg = dataclasses.replace(CFG, cold_borrow=request.param)
+    model, _ = train.fit(text, hist, target, cfg)
+    return {"model": model, "cold": cold, "cat": cat_of_idx, "n": len(titles), "text": text}
 
 
-def test_cold_items_have_no_id_part(trained) -> None:
-    weights = trained["model"].item_id.weight.detach()
-    for idx in trained["cold"].values():
-        assert torch.count_nonzero(weights[idx]) == 0
-    assert trained["model"].fit_info["items_text_only"] == len(trained["cold"])
+def test_cold_items_have_no_id_part_of_their_own(trained) -> None:
+    model = trained["model"]
+    weights = model.item_id.weight.detach()
+    assert model.fit_info["items_text_only"] == len(trained["cold"])
+    if not model.cfg.cold_borrow:
+        for idx in trained["cold"].values():
+            assert torch.count_nonzero(weights[idx]) == 0
+        return
+    known = np.ones(trained["n"] + 1, dtype=bool)
+    known[0] = False
+    known[list(trained["cold"].values())] = False
+    borrow = fusion.donors(trained["text"], known)
+    assert sorted(borrow.cold.tolist()) == sorted(trained["cold"].values())
+    for cold, donor, sim in zip(borrow.cold, borrow.donor, borrow.sim, strict=True):
+        assert trained["cat"][donor] == trained["cat"][cold]  # the closest title: same category
+        assert 0 < sim <= 1
+        assert torch.allclose(weights[cold], float(sim) * weights[donor])
 
 
 def test_cold_item_ranks_above_random_for_a_user_whose_history_matches_its_text(
