@@ -319,7 +319,8 @@ def nightly_recommendations():
         if not params["retrain"]:
             return None  # no candidate: the live model keeps serving
         settings = Settings.from_env()
-        rank = _rank_config(params)  # judged as it will be served
+        # judged as it will be served: the ranking layer and the rules that remove items
+        rank, rule = _rank_config(params), _rules_config(params)
         return _call(
             evaluate,
             settings,
@@ -329,6 +330,7 @@ def nightly_recommendations():
             TrainConfig(),
             None,
             rank,
+            rule,
         )
 
     @task(pool=WAREHOUSE_POOL)

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nightrec import baselines, eval_store, metrics, splits
+from nightrec import baselines, eval_store, metrics, rules, splits
 from nightrec.config import ContractError, EvalConfig, Settings, TrainConfig, safe_id
 from nightrec.embed import load_embeddings
 from nightrec.ranking import RankConfig
+from nightrec.rules import RulesConfig
 from nightrec.train import Sequences, fit, load_catalog, training_examples
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,42 @@ class Reranked:
         return out
 
 
+class Ruled:
+    """The candidate's scores with what the business rules remove set to -inf, as served:
+    globally removed items for every user, a user's exclusion list, everything outside a
+    user's inclusion list (``rules.removals``). A held-out target a rule removes cannot be
+    hit: the figures show what the rules cost."""
+
+    name = CANDIDATE
+
+    def __init__(self, candidate, split: splits.Split, removals, catalog: pl.DataFrame) -> None:
+        index = catalog.select("item_id", "idx")
+
+        def per_user(pairs: pl.DataFrame) -> dict[str, np.ndarray]:
+            grouped = pairs.join(index, on="item_id", how="inner").group_by("user_id")
+            return {u: np.asarray(i, dtype=np.int64) for u, i in grouped.agg("idx").iter_rows()}
+
+        self.candidate = candidate
+        self.users = split.train.user_ids  # train row -> user id
+        self.removed = removals.removed.join(index, on="item_id")["idx"].to_numpy()
+        self.excluded = per_user(removals.excluded)
+        listed = removals.include["user_id"].unique().to_list()
+        self.allowed = {u: np.zeros(0, dtype=np.int64) for u in listed} | per_user(removals.include)
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        s = self.candidate.scores(rows)
+        s[:, self.removed] = -np.inf
+        for i, row in enumerate(rows.tolist()):
+            user = self.users[row]
+            if user in self.excluded:
+                s[i, self.excluded[user]] = -np.inf
+            if user in self.allowed:
+                keep = s[i, self.allowed[user]]
+                s[i] = -np.inf
+                s[i, self.allowed[user]] = keep
+        return s
+
+
 def slice_masks(split: splits.Split, item_users: np.ndarray, short: int) -> dict[str, np.ndarray]:
     """[n] bool per slice: all; targets without training interactions; users without
     training items; users with 1..``short`` training items."""
@@ -126,12 +163,15 @@ def evaluate_split(
     candidate: baselines.Ranker | None = None,
     rank_cfg: RankConfig | None = None,
     catalog: pl.DataFrame | None = None,
+    removals=None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rank with the candidate and the baselines; (figure rows without run columns, counts).
 
     ``candidate`` None: an encoder trained with ``cfg`` on the split's training part.
     ``rank_cfg`` active (and ``catalog`` given): the candidate's lists go through the
-    ranking layer first, as they are served.
+    ranking layer first, as they are served. ``removals`` (``rules.removals``, with
+    ``catalog``): the business rules that remove items apply before that layer, as in
+    scoring.
     """
     n_index = len(active)
     bias = np.where(active, 0.0, -np.inf).astype(np.float32)  # [M + 1]; padding is inactive
@@ -158,6 +198,8 @@ def evaluate_split(
             counts["train_examples"] = fitted.examples
             counts["seconds"]["fit"] = round(time.perf_counter() - t, 2)
             candidate = fitted
+        if removals is not None and catalog is not None:
+            candidate = Ruled(candidate, split, removals, catalog)
         if rank_cfg is not None and rank_cfg.active and catalog is not None:
             from nightrec.ranking import layer_for_split
 
@@ -203,10 +245,13 @@ def evaluate(
     cfg: TrainConfig = TrainConfig(),
     eval_cfg: EvalConfig | None = None,
     rank_cfg: RankConfig | None = None,
+    rule_cfg: RulesConfig | None = None,
 ) -> eval_store.Summary:
     """Evaluate ``cfg`` and the baselines on every configured protocol; record the figures.
 
     ``rank_cfg``: the ranking layer the run serves with (None or off: the encoder's lists).
+    ``rule_cfg``: the business rules it serves with; those that remove items (exclusion
+    and inclusion lists) apply to the candidate's lists (``Ruled``), not the baselines'.
 
     Writes the run's ``eval_metrics`` rows (replacing earlier ones of ``run_id``) and
     ``reports/<run_id>/evaluation.json``. Returns the summary (slice ``all``):
@@ -219,7 +264,15 @@ def evaluate(
     safe_id(run_id, "run_id")
     if model_version is not None:
         safe_id(model_version, "model_version")
-        reused = _reuse(settings, run_id, model_version, cfg, eval_cfg, rank_cfg)
+        reused = _reuse(
+            settings,
+            run_id,
+            model_version,
+            cfg,
+            eval_cfg,
+            rank_cfg,
+            _rules_doc(snapshot_dir, rule_cfg),
+        )
         if reused is not None:
             return reused
     evaluated_at = dt.datetime.now(dt.UTC)
@@ -233,12 +286,15 @@ def evaluate(
         )
     active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])  # [M + 1]
     inter = splits.load_interactions(snapshot_dir, catalog)
+    removals = None
+    if _removes(rule_cfg):
+        removals = rules.removals(snapshot_dir, inter["user_id"].unique().sort(), rule_cfg)
     frames, details = [], {}
     for protocol in eval_cfg.protocols:
         for part in splits.PARTS:
             split = splits.make_split(inter, active, protocol, part, eval_cfg)
             rows, counts = evaluate_split(
-                split, text, active, cfg, eval_cfg, None, rank_cfg, catalog
+                split, text, active, cfg, eval_cfg, None, rank_cfg, catalog, removals
             )
             details[f"{protocol}/{part}"] = counts
             if rows:
@@ -275,6 +331,7 @@ def evaluate(
         "train_config": dataclasses.asdict(cfg),
         "eval_config": dataclasses.asdict(eval_cfg),
         "rank_config": _rank_doc(rank_cfg),
+        "rules": _rules_doc(snapshot_dir, rule_cfg),
         "splits": details,
         "summary": summary,
         "seconds": round(time.perf_counter() - started, 2),
@@ -296,6 +353,26 @@ def _rank_doc(rank_cfg: RankConfig | None) -> dict | None:
     return dataclasses.asdict(rank_cfg) if rank_cfg is not None and rank_cfg.active else None
 
 
+def _removes(rule_cfg: RulesConfig | None) -> bool:
+    """Whether a rule that removes items is on (consumables only put items back)."""
+    return rule_cfg is not None and bool(
+        rule_cfg.exclude_items or rule_cfg.exclude_user_items or rule_cfg.include_items
+    )
+
+
+def _rules_doc(snapshot_dir: Path, rule_cfg: RulesConfig | None) -> dict | None:
+    """The rules the figures were measured under, with the lists' checksum; None: none."""
+    if not _removes(rule_cfg):
+        return None
+    from nightrec.registry import sha256
+
+    path = snapshot_dir / rules.FILE
+    return {
+        "applied": [r for r in rule_cfg.applied() if r != "consumables"],  # type: ignore[union-attr]
+        "lists_sha256": sha256(path) if path.is_file() else None,
+    }
+
+
 def _reuse(
     settings: Settings,
     run_id: str,
@@ -303,6 +380,7 @@ def _reuse(
     cfg: TrainConfig,
     eval_cfg: EvalConfig,
     rank_cfg: RankConfig | None = None,
+    rules_doc: dict | None = None,
 ) -> eval_store.Summary | None:
     """The figures of an earlier run that evaluated the same version the same way, or None.
 
@@ -325,6 +403,7 @@ def _reuse(
         doc.get("train_config") == canonical(cfg)
         and doc.get("eval_config") == canonical(eval_cfg)
         and doc.get("rank_config") == _rank_doc(rank_cfg)
+        and doc.get("rules") == rules_doc
     )
     if not same:
         return None

@@ -82,6 +82,7 @@ def run_all(
                 train_cfg,
                 None,
                 rank_cfg,
+                rule_cfg,
             )
             decision = step("gate", promotion.decide, settings, run_id, candidate, summary, promote)
             version = decision.scored_with

@@ -233,6 +233,43 @@ def apply(snapshot_dir: Path, users: pl.Series, cfg: RulesConfig, cutoff: dt.dat
     return Applied(removed, exclude, include, counts)
 
 
+@dataclass
+class Removals:
+    """What the rules that remove items take away, without any history (the evaluation)."""
+
+    removed: pl.DataFrame  # item_id, rule: active items no user gets
+    excluded: pl.DataFrame  # user_id, item_id: the per-user exclusion lists
+    include: pl.DataFrame  # user_id, item_id: users with an inclusion list, and their lists
+
+
+def removals(snapshot_dir: Path, users: pl.Series, cfg: RulesConfig) -> Removals:
+    """The global removals, exclusion lists and inclusion lists of ``users`` under ``cfg``.
+
+    Consumables are left out: they put back items a user had, and a held-out target is
+    never one (history holds each item once).
+    """
+    path = snapshot_dir / FILE
+    if not path.is_file():
+        raise ContractError(
+            f"{snapshot_dir} has no {FILE} (cut before business rules): run `nightrec snapshot`"
+        )
+    files = {"items": str(snapshot_dir / "items.parquet"), "rules": str(path)}
+    with duckdb.connect() as con:
+        con.register("rule_users", pl.DataFrame({"user_id": users}).to_arrow())
+        removed = db.frame(
+            con,
+            "rules_global",
+            {**files, "exclude_items": cfg.exclude_items, "include_items": cfg.include_items},
+        )
+        excluded = db.frame(
+            con, "rules_listed", {"rules": str(path), "exclude_user_items": cfg.exclude_user_items}
+        )
+        include = db.frame(
+            con, "rules_user_include", {"rules": str(path), "include_items": cfg.include_items}
+        )
+    return Removals(removed, excluded, include)
+
+
 def _counts(
     cfg: RulesConfig,
     n_users: int,

@@ -315,3 +315,73 @@ def test_cli_loads_and_shows_rule_lists(settings: Settings, tmp_path: Path, caps
     assert cli.main([*home, "rules", "show"]) == 0
     assert '"rows": 2' in capsys.readouterr().out
     assert cli.main([*home, "rules", "load", "--kind", "exclude_items", str(tmp_path / "no")]) == 2
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluation_measures_the_lists_the_rules_leave(run1, tmp_path: Path) -> None:  # noqa: F811
+    import numpy as np
+
+    from nightrec import baselines, evaluate, splits, train
+    from nightrec.config import EvalConfig, TrainConfig
+    from nightrec.embed import load_embeddings
+
+    base = run1["snapshot"]
+    catalog = train.load_catalog(base)
+    text = load_embeddings(base)
+    active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])
+    split = splits.make_split(splits.load_interactions(base, catalog), active, "loo", "test")
+    cfg = TrainConfig(dim=16, epochs=2, seed=1)
+    cand = evaluate.Candidate.fit(split, text, cfg)
+    ids = catalog["item_id"].to_list()  # model index i is ids[i - 1]
+    warm = np.flatnonzero(split.row >= 0)
+    user = [split.train.user_ids[split.row[w]] for w in warm]
+    target = split.target[warm]
+    gone = sorted({int(t) for t in target[:3]})  # the first three users' targets, for everyone
+    mine = int(target[3])  # user 3's own exclusion: its target
+    listed = [i for i in range(1, len(ids) + 1) if active[i] and i != target[4]][:2]
+    snap = _snapshot(
+        run1,
+        tmp_path,
+        [("exclude_items", None, ids[i - 1], None) for i in gone]
+        + [("exclude_user_items", user[3], ids[mine - 1], None)]
+        + [("include_items", user[4], ids[i - 1], None) for i in listed],
+    )
+    on = RulesConfig(exclude_items=True, exclude_user_items=True, include_items=True)
+    removals = rules.removals(snap, pl.Series(split.train.user_ids), on)
+    ruled = evaluate.Ruled(cand, split, removals, catalog)
+    bias = np.where(active, 0.0, -np.inf).astype(np.float32)
+    pop = baselines.popularity(split, len(active), 30)
+    k = 10
+    plain = baselines.rank(cand, split, bias, pop, k + len(gone) + 1)
+    got = baselines.rank(ruled, split, bias, pop, k)
+    for n, w in enumerate(warm):  # known answer: today's longer list less what a rule removes
+        out = set(gone) | ({mine} if n == 3 else set())
+        want = [i for i in plain[w] if i >= 0 and i not in out][:k]
+        if n == 4:  # only its inclusion list, less its history
+            seen = set(
+                split.train.seq[
+                    split.train.starts[split.row[w]] : split.train.ends[split.row[w]]
+                ].tolist()
+            )
+            want = [i for i in listed if i not in seen and i not in out]
+        assert [i for i in got[w] if i >= 0] == want, n
+
+    def figures(removed) -> dict:
+        rows, _ = evaluate.evaluate_split(
+            split, text, active, cfg, EvalConfig(), cand, None, catalog, removed
+        )
+        return {(r["model"], r["metric"], r["k"], r["slice"]): r["value"] for r in rows}
+
+    plain_figures, ruled_figures = figures(None), figures(removals)
+    hit = (evaluate.CANDIDATE, "hr", 100, "all")
+    assert ruled_figures[hit] < plain_figures[hit]  # three targets can no longer be hit
+    for key, value in plain_figures.items():  # the baselines are not ruled
+        if key[0] != evaluate.CANDIDATE:
+            assert ruled_figures[key] == value
+    # nothing loaded under the rules that are on: the same figures as without rules
+    idle = rules.removals(
+        _snapshot(run1, tmp_path / "idle", []), pl.Series(split.train.user_ids), on
+    )
+    assert figures(idle) == plain_figures
