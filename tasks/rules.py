@@ -224,7 +224,7 @@ def apply(snapshot_dir: Path, users: pl.Series, cfg: RulesConfig, cutoff: dt.dat
             },
         )
         include = db.frame(
-            con, "rules_user_include", {"rules": str(path), "include_items": cfg.include_items}
+            con, "rules_user_lists", _lists(path, "include_items", cfg.include_items)
         )
     active = pl.read_parquet(snapshot_dir / "items.parquet", columns=["item_id", "active"])
     active = active.filter("active").select("item_id")
@@ -240,6 +240,11 @@ class Removals:
     removed: pl.DataFrame  # item_id, rule: active items no user gets
     excluded: pl.DataFrame  # user_id, item_id: the per-user exclusion lists
     include: pl.DataFrame  # user_id, item_id: users with an inclusion list, and their lists
+
+
+def _lists(path: Path, kind: str, on: bool) -> dict:
+    """Parameters of ``sql/rules_user_lists.sql``."""
+    return {"rules": str(path), "kind": kind, "on": on}
 
 
 def removals(snapshot_dir: Path, users: pl.Series, cfg: RulesConfig) -> Removals:
@@ -262,10 +267,10 @@ def removals(snapshot_dir: Path, users: pl.Series, cfg: RulesConfig) -> Removals
             {**files, "exclude_items": cfg.exclude_items, "include_items": cfg.include_items},
         )
         excluded = db.frame(
-            con, "rules_listed", {"rules": str(path), "exclude_user_items": cfg.exclude_user_items}
+            con, "rules_user_lists", _lists(path, "exclude_user_items", cfg.exclude_user_items)
         )
         include = db.frame(
-            con, "rules_user_include", {"rules": str(path), "include_items": cfg.include_items}
+            con, "rules_user_lists", _lists(path, "include_items", cfg.include_items)
         )
     return Removals(removed, excluded, include)
 
