@@ -42,7 +42,7 @@ from nightrec.embed import load_embeddings
 log = logging.getLogger(__name__)
 
 # bumped when the same data and config would train a different model (a new loss, fusion)
-METHOD = "encoder+neighbours-2"  # 2: dropout, refit, cold items borrow
+METHOD = "encoder+neighbours-3"  # 2: dropout, refit, cold items borrow; 3: ids only
 
 
 @dataclass
@@ -319,9 +319,9 @@ def _fuse(
 ):
     """Choose neighbour weights on the held-out examples and set the tables (``fusion``).
 
-    With ``cold_borrow``, items absent from the examples a table is counted from enter it
-    through their donors. Returns what was chosen, for ``fit_info``; None when off or
-    nothing was held out.
+    With ``cold_borrow_neighbours``, items absent from the examples a table is counted
+    from enter it through their donors. Returns what was chosen, for ``fit_info``; None
+    when off or nothing was held out.
     """
     import torch
 
@@ -333,7 +333,9 @@ def _fuse(
     n_items = model.text.shape[0]
 
     def borrow(h: np.ndarray, t: np.ndarray):
-        return fusion.donors(text, _known(h, t, n_items)) if cfg.cold_borrow else None
+        if not (cfg.cold_borrow and cfg.cold_borrow_neighbours):
+            return None
+        return fusion.donors(text, _known(h, t, n_items))
 
     unit = fusion.tables(
         hist[~valid], target[~valid], n_items, cfg.neighbours, borrow(hist[~valid], target[~valid])
