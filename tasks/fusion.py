@@ -65,22 +65,18 @@ def donors(text: np.ndarray, known: np.ndarray, batch: int = 2048) -> Borrow:
     return Borrow(cold, donor, sim)
 
 
-def _impute(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, borrow: Borrow | None):
-    """The pairs plus, for every pair (h, d) with d a donor, (h, c, sim · value) for each
-    cold item c borrowing from d: c gets d's neighbours in proportion to their text cosine."""
+def _borrowed(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, borrow: Borrow | None):
+    """For every pair (h, d) with d a donor, (h, c, sim · value) for each cold item c
+    borrowing from d: c gets d's neighbours in proportion to their text cosine."""
     if borrow is None or len(borrow.cold) == 0 or len(rows) == 0:
-        return rows, cols, vals
+        return rows[:0], cols[:0], vals[:0]
     order = np.argsort(borrow.donor, kind="stable")
     by_donor = borrow.donor[order]
     lo = np.searchsorted(by_donor, cols, "left")
     n = np.searchsorted(by_donor, cols, "right") - lo  # [P] cold items borrowing from col
     pair = np.repeat(np.arange(len(rows)), n)
     slot = order[np.repeat(lo, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)]
-    return (
-        np.concatenate([rows, rows[pair]]),
-        np.concatenate([cols, borrow.cold[slot]]),
-        np.concatenate([vals, vals[pair] * borrow.sim[slot]]),
-    )
+    return rows[pair], borrow.cold[slot], vals[pair] * borrow.sim[slot]
 
 
 @dataclass
@@ -122,13 +118,13 @@ def tables(
 ) -> Tables:
     """Neighbour tables with unit weights from examples ``hist`` [n, L], ``target`` [n].
 
-    ``borrow``: cold items enter the tables through their donors (``donors``).
+    ``borrow``: cold items enter the tables through their donors (``donors``), in
+    ``width // 5`` extra columns per row: they never take a real neighbour's place.
     """
+    extra = max(1, width // 5) if borrow is not None and len(borrow.cold) else 0
     last = hist[:, -1]
     has = last > 0
-    pairs = _impute(last[has], target[has], np.ones(int(has.sum()), np.float64), borrow)
-    nxt_idx, nxt_w = _top(pairs[0], pairs[1], pairs[2], n_items, width)
-    nxt_w = np.log1p(nxt_w)
+    nxt = (last[has], target[has], np.ones(int(has.sum()), np.float64))
     owner, col = np.nonzero(hist)
     a, b = hist[owner, col], target[owner]
     diff = a != b
@@ -137,16 +133,25 @@ def tables(
     deg = np.bincount(rows, minlength=n_items).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         vals = 1.0 / np.sqrt(deg[rows] * deg[cols])  # each pair's share of the cosine
-    rows, cols, vals = _impute(rows, cols, vals, borrow)
-    near_idx, near_w = _top(rows, cols, vals, n_items, width)
-    return Tables(nxt_idx, _unit_mean(nxt_w), near_idx, _unit_mean(near_w))
+    out = []
+    for (r, c, v), squash in ((nxt, np.log1p), ((rows, cols, vals), None)):
+        idx, w = _top(r, c, v, n_items, width)
+        scale = _unit_scale(squash(w) if squash else w)
+        if extra:
+            br, bc, bv = _borrowed(r, c, v, borrow)
+            more_idx, more_w = _top(br, bc, bv, n_items, extra)
+            idx, w = np.hstack([idx, more_idx]), np.hstack([w, more_w])
+        out.append((idx, ((squash(w) if squash else w) / scale).astype(np.float32)))
+    (nxt_idx, nxt_w), (near_idx, near_w) = out
+    return Tables(nxt_idx, nxt_w, near_idx, near_w)
 
 
-def _unit_mean(w: np.ndarray) -> np.ndarray:
-    """``w`` scaled so that its non-zero entries average 1: one grid fits every data set
-    (cosines of a large catalog are far smaller than those of a small one)."""
+def _unit_scale(w: np.ndarray) -> np.float32:
+    """The mean of ``w``'s non-zero entries (1 if none): dividing by it makes them average
+    1, so one grid fits every data set (cosines of a large catalog are far smaller than
+    those of a small one)."""
     nz = w[w != 0]
-    return w / np.float32(nz.mean()) if len(nz) else w
+    return np.float32(nz.mean()) if len(nz) else np.float32(1.0)
 
 
 def sparse_add(idx: np.ndarray, w: np.ndarray, n_items: int):
