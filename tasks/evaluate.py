@@ -262,17 +262,11 @@ def evaluate(
     started = time.perf_counter()
     eval_cfg = eval_cfg or EvalConfig()
     safe_id(run_id, "run_id")
+    rule_cfg = rule_cfg if rule_cfg is not None and rule_cfg.removes_items else None
+    rules_doc = _rules_doc(snapshot_dir, rule_cfg)
     if model_version is not None:
         safe_id(model_version, "model_version")
-        reused = _reuse(
-            settings,
-            run_id,
-            model_version,
-            cfg,
-            eval_cfg,
-            rank_cfg,
-            _rules_doc(snapshot_dir, rule_cfg),
-        )
+        reused = _reuse(settings, run_id, model_version, cfg, eval_cfg, rank_cfg, rules_doc)
         if reused is not None:
             return reused
     evaluated_at = dt.datetime.now(dt.UTC)
@@ -287,7 +281,7 @@ def evaluate(
     active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])  # [M + 1]
     inter = splits.load_interactions(snapshot_dir, catalog)
     removals = None
-    if _removes(rule_cfg):
+    if rule_cfg is not None:
         removals = rules.removals(snapshot_dir, inter["user_id"].unique().sort(), rule_cfg)
     frames, details = [], {}
     for protocol in eval_cfg.protocols:
@@ -331,7 +325,7 @@ def evaluate(
         "train_config": dataclasses.asdict(cfg),
         "eval_config": dataclasses.asdict(eval_cfg),
         "rank_config": _rank_doc(rank_cfg),
-        "rules": _rules_doc(snapshot_dir, rule_cfg),
+        "rules": rules_doc,
         "splits": details,
         "summary": summary,
         "seconds": round(time.perf_counter() - started, 2),
@@ -353,22 +347,16 @@ def _rank_doc(rank_cfg: RankConfig | None) -> dict | None:
     return dataclasses.asdict(rank_cfg) if rank_cfg is not None and rank_cfg.active else None
 
 
-def _removes(rule_cfg: RulesConfig | None) -> bool:
-    """Whether a rule that removes items is on (consumables only put items back)."""
-    return rule_cfg is not None and bool(
-        rule_cfg.exclude_items or rule_cfg.exclude_user_items or rule_cfg.include_items
-    )
-
-
 def _rules_doc(snapshot_dir: Path, rule_cfg: RulesConfig | None) -> dict | None:
-    """The rules the figures were measured under, with the lists' checksum; None: none."""
-    if not _removes(rule_cfg):
+    """The rules that remove items the figures were measured under, with the lists'
+    checksum; None: none."""
+    if rule_cfg is None:
         return None
     from nightrec.registry import sha256
 
     path = snapshot_dir / rules.FILE
     return {
-        "applied": [r for r in rule_cfg.applied() if r != "consumables"],  # type: ignore[union-attr]
+        "applied": [r for r in rule_cfg.applied() if r != "consumables"],
         "lists_sha256": sha256(path) if path.is_file() else None,
     }
 

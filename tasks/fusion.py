@@ -134,14 +134,14 @@ def tables(
     with np.errstate(divide="ignore", invalid="ignore"):
         vals = 1.0 / np.sqrt(deg[rows] * deg[cols])  # each pair's share of the cosine
     out = []
-    for (r, c, v), squash in ((nxt, np.log1p), ((rows, cols, vals), None)):
+    for (r, c, v), squash in ((nxt, np.log1p), ((rows, cols, vals), np.asarray)):
         idx, w = _top(r, c, v, n_items, width)
-        scale = _unit_scale(squash(w) if squash else w)
+        scale = _unit_scale(squash(w))  # of the real neighbours: borrowed ones keep it
         if extra:
             br, bc, bv = _borrowed(r, c, v, borrow)
             more_idx, more_w = _top(br, bc, bv, n_items, extra)
             idx, w = np.hstack([idx, more_idx]), np.hstack([w, more_w])
-        out.append((idx, ((squash(w) if squash else w) / scale).astype(np.float32)))
+        out.append((idx, (squash(w) / scale).astype(np.float32)))
     (nxt_idx, nxt_w), (near_idx, near_w) = out
     return Tables(nxt_idx, nxt_w, near_idx, near_w)
 

@@ -81,6 +81,11 @@ class RulesConfig:
             or self.consumable_days > 0
         )
 
+    @property
+    def removes_items(self) -> bool:
+        """Whether a rule that takes items out of lists is on (consumables only put back)."""
+        return self.exclude_items or self.exclude_user_items or self.include_items
+
     def applied(self) -> list[str]:
         """The rules that are on, in order of application."""
         on = {

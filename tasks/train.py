@@ -245,10 +245,17 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         model.load_state_dict(best_state)
     else:
         best_epoch = len(losses)
-    known = _known(hist[~valid], target[~valid], n_items)
-    model.forget_ids(torch.from_numpy(known))  # never trained: text alone places them
-    if cfg.cold_borrow:
-        model.borrow_ids(fusion.donors(text, known))
+
+    def place_cold(model, h: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Items absent from examples (h, t) lose their untrained id part (text alone places
+        them) and, with ``cold_borrow``, take their text neighbour's; returns the known."""
+        known = _known(h, t, n_items)
+        model.forget_ids(torch.from_numpy(known))
+        if cfg.cold_borrow:
+            model.borrow_ids(fusion.donors(text, known))
+        return known
+
+    known = place_cold(model, hist[~valid], target[~valid])
     fused = _fuse(model, text, hist, target, valid, cfg)
     refit_seconds = None
     if cfg.refit and valid.any():
@@ -264,10 +271,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         for epoch in range(best_epoch):
             loss = one_epoch(model, opt, h_every, t_every, log_q)
             log.info("train: refit epoch %d/%d loss %.4f", epoch + 1, best_epoch, loss)
-        known = _known(hist, target, n_items)
-        model.forget_ids(torch.from_numpy(known))
-        if cfg.cold_borrow:
-            model.borrow_ids(fusion.donors(text, known))
+        known = place_cold(model, hist, target)
         for name in NEIGHBOUR_BUFFERS:
             setattr(model, name, getattr(chosen, name))
         model.fused = chosen.fused
