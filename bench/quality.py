@@ -255,6 +255,11 @@ def main() -> None:
         default=0.05,
         help="Beauty again with this share of items' interactions hidden (0: skip)",
     )
+    ap.add_argument(
+        "--no-strengths",
+        action="store_true",
+        help="the encoder reads no event types or ratings (TrainConfig.strengths off)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("nightrec.ingest", "nightrec.landing"):
@@ -263,7 +268,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(epochs=args.epochs)
+    cfg = TrainConfig(epochs=args.epochs, strengths=not args.no_strengths)
     eval_cfg = EvalConfig()
     results = {}
     if args.tables:

@@ -103,7 +103,7 @@ def prepare(users: int, items: int, work: Path) -> None:
     )
     some = min(len(seqs.ends), 200_000)
     seqs = Sequences(seqs.user_ids[:some], seqs.seq, seqs.starts[:some], seqs.ends[:some])
-    hist, target = training_examples(seqs, cfg)
+    hist, target, _ = training_examples(seqs, cfg)
     model.set_neighbours(fusion.tables(hist, target, items + 1, cfg.neighbours), 1.0, 1.0)
     settings = Settings.from_env(home=work / "home", models_dir=work / "models")
     index = pl.DataFrame({"item_id": "i" + ids, "idx": np.arange(1, items + 1)})

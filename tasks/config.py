@@ -177,6 +177,9 @@ class TrainConfig:
     # ... and its neighbour-table entries too: off, because on Beauty's validation that cost
     # the warm items 3% of NDCG@10 (borrowed entries take the real neighbours' places)
     cold_borrow_neighbours: bool = False
+    # a history item also reads its strength (view ... purchase, a rating: the snapshot's
+    # first_strength) where the training histories hold two or more kinds
+    strengths: bool = True
     negatives: int = 2048  # sampled softmax above 2x this many items; 0: always full softmax
     # item-to-item neighbours fused into the score (``fusion``): kept per item; 0: encoder alone
     neighbours: int = 50

@@ -61,10 +61,10 @@ class Candidate:
         refit learns from those too, so the gate judges a slightly weaker model than the
         one that serves (conservative), at half the cost of four fits a night.
         """
-        hist, target = training_examples(split.train, cfg)
+        hist, target, strength = training_examples(split.train, cfg)
         if len(target) == 0:
             log.warning("evaluate: no user has 2+ training items: the candidate is untrained")
-        model, _ = fit(text, hist, target, dataclasses.replace(cfg, refit=False))
+        model, _ = fit(text, hist, target, dataclasses.replace(cfg, refit=False), strength)
         out = cls(model, split.train, cfg.max_history)
         out.examples = len(target)
         return out
@@ -76,8 +76,9 @@ class Candidate:
 
         s = self.seqs
         hist = histories(s.seq, s.starts[rows], s.ends[rows], self.max_history)  # [B, L]
+        codes = torch.from_numpy(s.strengths(s.starts[rows], s.ends[rows], self.max_history))
         with torch.inference_mode():
-            return self.model.scores(torch.from_numpy(hist), self.items).numpy()  # [B, M + 1]
+            return self.model.scores(torch.from_numpy(hist), self.items, codes).numpy()
 
 
 class Reranked:

@@ -163,9 +163,16 @@ def sparse_add(idx: np.ndarray, w: np.ndarray, n_items: int):
 
 
 def choose(
-    model, hist, target, unit: Tables, grid: tuple[float, ...] = GRID, batch: int = 512
+    model,
+    hist,
+    target,
+    unit: Tables,
+    strength=None,
+    grid: tuple[float, ...] = GRID,
+    batch: int = 512,
 ) -> tuple[float, float, dict[tuple[float, float], float]]:
-    """(a, b) with the best NDCG@10 of ``target`` [n] after ``hist`` [n, L] (tensors).
+    """(a, b) with the best NDCG@10 of ``target`` [n] after ``hist`` [n, L] (tensors;
+    ``strength``: [n, L] codes beside ``hist``, or None).
 
     Ranked over every item, the history's items excluded, ties counted against the
     target (as ``train.validation_ndcg``). Returns the weights and every pair's NDCG@10.
@@ -185,7 +192,8 @@ def choose(
         for lo in range(0, len(target), batch):
             h, t = hist[lo : lo + batch], target[lo : lo + batch]
             hn = h.numpy()
-            s = model.user_vectors(h, items) @ items.T  # [B, M + 1]
+            c = None if strength is None else strength[lo : lo + batch]
+            s = model.user_vectors(h, items, strength=c) @ items.T  # [B, M + 1]
             s[:, 0] = -torch.inf
             s.scatter_(1, h, -torch.inf)  # seen items never ranked
             nxt = sparse_add(unit.next_idx[hn[:, -1]], unit.next_w[hn[:, -1]], n_items)

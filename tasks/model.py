@@ -6,6 +6,11 @@ Item index 0 is padding; items 1..M are the catalog in item_id order.
     user_vec(h) = last + MLP([last ; recency-weighted mean of h])   [dim]
     score(u, i) = user_vec(h_u) · item_vec(i)
 
+A history item also reads what the user did with it when it entered the history (its
+``strength``: view, click, cart, purchase or a rating, ``STRENGTH_CODES``) as a learned
+vector added to its history vector; a data set whose events all carry one strength gets
+no such vector (``strength_map`` sends every code to 0, the zero row).
+
 The id part is dropped (whole rows, with probability ``id_dropout``) while training, so
 that ``W · text_emb`` alone places an item; items that never occur in the training
 examples have their id row zeroed (``forget_ids``): an item with text and no
@@ -33,10 +38,15 @@ from nightrec.config import TrainConfig
 
 NEG = float("-inf")
 NEIGHBOUR_BUFFERS = ("next_idx", "next_w", "near_idx", "near_w")
+# the snapshot's ``first_strength`` (sql/snapshot_interactions.sql): 0 none (padding, or
+# unknown), 1 view, 2 click, 3 add_to_cart, 4 purchase, 5..9 a rating of 1..5, 10 a rating
+# without a value
+STRENGTH_CODES = 11
 
 
 class Encoder(nn.Module):
     text: torch.Tensor  # buffer: [M + 1, T] frozen text embeddings
+    strength_map: torch.Tensor  # buffer: [STRENGTH_CODES] code read -> row of ``strength``
 
     def __init__(self, text_emb: torch.Tensor, cfg: TrainConfig) -> None:
         """``text_emb``: [M + 1, T] frozen text embeddings, row 0 (padding) all zeros."""
@@ -75,14 +85,22 @@ class Encoder(nn.Module):
             dtype = torch.int64 if name.endswith("_idx") else torch.float32
             self.register_buffer(name, torch.zeros((n_items, 1), dtype=dtype), persistent=True)
         self.fused = False  # a plain flag, read when traced (a buffer's value cannot be)
+        # created last and without drawing from the RNG: with every code sent to 0 the model
+        # is the one trained without strengths, bit for bit
+        self.strength = nn.Parameter(torch.zeros(STRENGTH_CODES, cfg.dim))  # row 0 stays 0
+        self.register_buffer(
+            "strength_map", torch.zeros(STRENGTH_CODES, dtype=torch.int64), persistent=True
+        )
 
     @classmethod
     def from_state(cls, state: dict, cfg: TrainConfig) -> Encoder:
-        """An encoder from a saved ``state_dict`` (neighbour tables of any width)."""
+        """An encoder from a saved ``state_dict`` (neighbour tables of any width; one saved
+        before strengths reads none)."""
         model = cls(state["text"], cfg)
         for name in NEIGHBOUR_BUFFERS:
             if name in state:
                 setattr(model, name, state[name].clone())
+        state = {"strength": model.strength, "strength_map": model.strength_map} | state
         model.load_state_dict(state)
         model.fused = bool(model.next_w.any() or model.near_w.any())
         return model.eval()
@@ -112,9 +130,12 @@ class Encoder(nn.Module):
             return scores
         return scores.scatter_add(1, *self.neighbour_terms(history))
 
-    def scores(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, history: torch.Tensor, items: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[B, M + 1] scores of every item (index 0 included) for ``history`` [B, L]."""
-        return self.add_neighbours(history, self.user_vectors(history, items) @ items.T)
+        users = self.user_vectors(history, items, strength=strength)
+        return self.add_neighbours(history, users @ items.T)
 
     def item_vectors(
         self, idx: torch.Tensor | None = None, keep: torch.Tensor | None = None
@@ -129,6 +150,16 @@ class Encoder(nn.Module):
             return self.proj(self.text) + ids
         # embedding lookups, not ids[idx]: their CPU backward is deterministic
         return self.proj(self.text[idx]) + nn.functional.embedding(idx, ids)
+
+    @torch.no_grad()
+    def use_strengths(self, codes: np.ndarray) -> bool:
+        """Read the strength codes seen in training histories ``codes`` (any shape) only if
+        they say something: two or more distinct codes. Returns whether they are read."""
+        seen = np.unique(codes[codes > 0])
+        self.strength_map.zero_()
+        if len(seen) >= 2 and self.cfg.strengths:
+            self.strength_map[torch.from_numpy(seen)] = torch.from_numpy(seen)
+        return bool(self.strength_map.any())
 
     @torch.no_grad()
     def forget_ids(self, known: torch.Tensor) -> None:
@@ -151,12 +182,14 @@ class Encoder(nn.Module):
         history: torch.Tensor,
         items: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
+        strength: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim].
 
         ``items``: [M + 1, dim] precomputed item vectors (None: computed for ``history``,
         with ``keep`` as in ``item_vectors``). A history item reads as its item vector
-        plus its ``next_id`` part.
+        plus its ``next_id`` part plus its strength's vector (``strength``: [B, L] codes
+        beside ``history``; None: none known).
         """
         # an embedding lookup, not items[history]: its backward on CPU is deterministic, the
         # indexing one accumulates in thread order (training would not repeat bit for bit)
@@ -165,6 +198,9 @@ class Encoder(nn.Module):
             if items is None
             else nn.functional.embedding(history, items)
         ) + self.next_id(history)  # [B, L, dim]
+        if strength is not None:
+            codes = self.strength_map[strength]  # 0 (the zero row, never trained) if unread
+            hv = hv + nn.functional.embedding(codes, self.strength, padding_idx=0)
         hv = self.drop(hv)
         mask = history > 0  # [B, L]
         if self.blocks:
@@ -187,10 +223,15 @@ class Encoder(nn.Module):
             x = block(x, allowed)
         return hv[:, -1] + self.final_norm(x[:, -1])
 
-    def forward(self, history: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        history: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        strength: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits of the next item over the whole catalog: [B, M + 1] (padding at -inf)."""
         items = self.item_vectors(keep=keep)
-        logits = self.user_vectors(history, items) @ items.T
+        logits = self.user_vectors(history, items, strength=strength) @ items.T
         return logits.index_fill(1, torch.tensor([0]), NEG)
 
     def sampled_logits(
@@ -200,6 +241,7 @@ class Encoder(nn.Module):
         negatives: torch.Tensor,
         log_q: torch.Tensor,
         keep: torch.Tensor | None = None,
+        strength: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the batch's targets plus shared uniform negatives, and target positions.
 
@@ -212,7 +254,7 @@ class Encoder(nn.Module):
         """
         cand = torch.unique(torch.cat([target, negatives]))  # sorted: [C]
         labels = torch.searchsorted(cand, target)
-        users = self.user_vectors(history, keep=keep)
+        users = self.user_vectors(history, keep=keep, strength=strength)
         return users @ self.item_vectors(cand, keep).T - log_q[cand], labels
 
 
@@ -284,11 +326,12 @@ class TopNScorer(nn.Module):
         exclude: torch.Tensor,  # [B, E] int64, padded with 0
         item_bias: torch.Tensor,  # [M + 1] float32: 0, or -inf for inactive items and padding
         k_like: torch.Tensor,  # [K]: only its length is read, so K is chosen at run time
+        strength: torch.Tensor | None = None,  # [B, L] int64 codes beside ``history``
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = k_like.shape[0]
         pad = self.item_matrix.shape[0] - self.n_index
         bias = nn.functional.pad(item_bias, (0, pad), value=NEG)  # [G * S]
-        users = self.encoder.user_vectors(history, self.item_matrix)  # [B, dim]
+        users = self.encoder.user_vectors(history, self.item_matrix, strength=strength)
         scores = users @ self.item_matrix.T + bias  # [B, G * S]: one Gemm in ONNX Runtime
         if self.encoder.fused:  # neighbour terms and the seen items' -inf in one scatter
             idx, w = self.encoder.neighbour_terms(history)

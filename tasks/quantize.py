@@ -74,14 +74,14 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
 
 
-def _rank(sess, hist: np.ndarray, bias: np.ndarray, k: int, batch: int = 128):
+def _rank(sess, hist: np.ndarray, codes: np.ndarray, bias: np.ndarray, k: int, batch: int = 128):
     """(top scores, top indices), [n, k] each; a history's own items are excluded."""
     from nightrec.registry import scorer_inputs
 
-    outs = [
-        sess.run(None, scorer_inputs(hist[lo : lo + batch], hist[lo : lo + batch], bias, k))
-        for lo in range(0, len(hist), batch)
-    ]
+    outs = []
+    for lo in range(0, len(hist), batch):
+        h, c = hist[lo : lo + batch], codes[lo : lo + batch]
+        outs.append(sess.run(None, scorer_inputs(h, h, bias, k, c)))
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
@@ -91,33 +91,42 @@ def _ndcg(top: np.ndarray, target: np.ndarray) -> float:
     return float(gain.mean()) if len(gain) else 0.0
 
 
-def _seconds(sess, hist: np.ndarray, bias: np.ndarray, k: int) -> float:
+def _seconds(sess, hist: np.ndarray, codes: np.ndarray, bias: np.ndarray, k: int) -> float:
     """Median seconds of one pass over ``hist`` (after a warm-up pass)."""
-    _rank(sess, hist, bias, k)
+    _rank(sess, hist, codes, bias, k)
     times = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        _rank(sess, hist, bias, k)
+        _rank(sess, hist, codes, bias, k)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
-def compare(fp32: Path, int8: Path, hist: np.ndarray, target: np.ndarray, n_index: int) -> dict:
-    """Both scorers on held-out examples (``hist`` [n, L], ``target`` [n]): NDCG@10 of
+def compare(
+    fp32: Path,
+    int8: Path,
+    hist: np.ndarray,
+    target: np.ndarray,
+    n_index: int,
+    codes: np.ndarray | None = None,
+) -> dict:
+    """Both scorers on held-out examples (``hist`` [n, L], ``target`` [n], strength
+    ``codes`` [n, L] or None): NDCG@10 of
     each, its relative drop, the mean overlap of their top 10s, whether they mask the same
     entries, and the median seconds of a top-100 pass (CPU)."""
     bias = np.zeros(n_index, dtype=np.float32)
     bias[0] = -np.inf  # every item active; padding never ranked
     s32, s8 = _session(fp32), _session(int8)
     k = min(K, n_index - 1)
-    sc32, top32 = _rank(s32, hist, bias, k)
-    sc8, top8 = _rank(s8, hist, bias, k)
+    codes = np.zeros_like(hist) if codes is None else codes
+    sc32, top32 = _rank(s32, hist, codes, bias, k)
+    sc8, top8 = _rank(s8, hist, codes, bias, k)
     a, b = _ndcg(top32, target), _ndcg(top8, target)
     # relative drop; int8 better is a negative drop; a model that never hits cannot drop
     drop = (a - b) / a if a > 0 else 0.0
     overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(top32, top8, strict=True)])
     timed = min(TIMED_K, n_index - 1)
-    t32, t8 = _seconds(s32, hist, bias, timed), _seconds(s8, hist, bias, timed)
+    t32, t8 = _seconds(s32, hist, codes, bias, timed), _seconds(s8, hist, codes, bias, timed)
     return {
         "metric": METRIC,
         "fp32": round(a, 6),
@@ -136,7 +145,7 @@ def build(
     fp32: Path,
     int8: Path,
     cfg: Int8Config,
-    held_out: tuple[np.ndarray, np.ndarray] | None,
+    held_out: tuple[np.ndarray, ...] | None,
     n_index: int,
 ) -> dict:
     """Quantize ``fp32`` into ``int8`` and keep it only within ``cfg.tolerance``.
@@ -149,10 +158,11 @@ def build(
     if held_out is None or len(held_out[1]) == 0:
         return {**record, "reason": "no held-out examples to measure the drop on: fp32 kept"}
     hist, target = held_out[0][:MAX_EXAMPLES], held_out[1][:MAX_EXAMPLES]
+    codes = held_out[2][:MAX_EXAMPLES] if len(held_out) > 2 else None
     started = time.perf_counter()
     try:
         ops = quantize(fp32, int8, cfg)
-        record.update(compare(fp32, int8, hist, target, n_index))
+        record.update(compare(fp32, int8, hist, target, n_index, codes))
     except Exception as exc:  # a graph the quantizer cannot take: fp32 still serves
         int8.unlink(missing_ok=True)
         log.warning("int8: quantizing the scorer failed (%s); fp32 kept", exc)

@@ -63,13 +63,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def scorer_inputs(history: np.ndarray, exclude: np.ndarray, bias: np.ndarray, k: int) -> dict:
+def scorer_inputs(
+    history: np.ndarray,
+    exclude: np.ndarray,
+    bias: np.ndarray,
+    k: int,
+    strength: np.ndarray | None = None,
+) -> dict:
+    """The scorer's feed; ``strength`` None: no strength known (codes 0)."""
     return {
         "history": history,
         "exclude": exclude,
         "item_bias": bias,
         "k_like": np.zeros(k, dtype=np.float32),
+        "strength": np.zeros_like(history) if strength is None else strength,
     }
+
+
+def feed(sess: Any, inputs: dict) -> dict:
+    """``inputs`` that ``sess`` takes: a scorer exported before strengths has no
+    ``strength`` input (and reads none)."""
+    names = {i.name for i in sess.get_inputs()}
+    return {k: v for k, v in inputs.items() if k in names}
 
 
 def export(
@@ -81,13 +96,15 @@ def export(
     extra: dict,
     example_history: np.ndarray,
     int8: Int8Config = Int8Config(),
-    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    example_strength: np.ndarray | None = None,
 ) -> Path:
     """Export ``model`` (an Encoder) as a version folder and check ONNX/PyTorch parity.
 
-    ``int8`` enabled: the int8 scorer is measured on ``held_out`` (histories [n, L],
-    targets [n]) and kept only within its tolerance (``quantize.build``); the manifest's
-    ``int8`` records the decision either way.
+    ``example_strength``: codes beside ``example_history`` (None: 0). ``int8`` enabled:
+    the int8 scorer is measured on ``held_out`` (histories [n, L], targets [n],
+    strengths [n, L]) and kept only within its tolerance (``quantize.build``); the
+    manifest's ``int8`` records the decision either way.
     """
     import torch
 
@@ -107,8 +124,11 @@ def export(
     bias = np.zeros(n, dtype=np.float32)
     bias[0] = -np.inf
     # export example: batch 2, 3 excluded, k 5; parity below uses other sizes
+    if example_strength is None:
+        example_strength = np.zeros_like(example_history)
     hist = torch.from_numpy(example_history[:2])
     ex = torch.from_numpy(example_history[:2, -3:].copy())
+    codes = torch.from_numpy(example_strength[:2])
     started = time.perf_counter()
     dims = {
         "batch": torch.export.Dim("batch", min=1),
@@ -117,22 +137,23 @@ def export(
     }
     torch.onnx.export(
         scorer,
-        (hist, ex, torch.from_numpy(bias), torch.zeros(5)),
+        (hist, ex, torch.from_numpy(bias), torch.zeros(5), codes),
         str(tmp / SCORER),
         dynamo=True,
         external_data=False,
         optimize=True,
         verbose=False,
-        input_names=["history", "exclude", "item_bias", "k_like"],
+        input_names=["history", "exclude", "item_bias", "k_like", "strength"],
         output_names=["top_scores", "top_index", "because_index"],
         dynamic_shapes={
             "history": {0: dims["batch"]},
             "exclude": {0: dims["batch"], 1: dims["exclude"]},
             "item_bias": None,
             "k_like": {0: dims["k"]},
+            "strength": {0: dims["batch"]},
         },
     )
-    parity = check_parity(scorer, tmp / SCORER, example_history, bias)
+    parity = check_parity(scorer, tmp / SCORER, example_history, bias, example_strength)
     from nightrec import quantize
 
     int8_record = quantize.build(tmp / SCORER, tmp / SCORER_INT8, int8, held_out, n)
@@ -163,7 +184,13 @@ def export(
     return final
 
 
-def check_parity(scorer: Any, onnx_path: Path, histories: np.ndarray, bias: np.ndarray) -> dict:
+def check_parity(
+    scorer: Any,
+    onnx_path: Path,
+    histories: np.ndarray,
+    bias: np.ndarray,
+    strengths: np.ndarray | None = None,
+) -> dict:
     """Run PyTorch and ONNX Runtime on a batch shaped unlike the export example; fail if apart."""
     import onnxruntime as ort
     import torch
@@ -171,14 +198,19 @@ def check_parity(scorer: Any, onnx_path: Path, histories: np.ndarray, bias: np.n
     b = min(len(histories), 7)
     hist = np.ascontiguousarray(histories[:b])
     ex = np.ascontiguousarray(histories[:b, -4:])  # 4 excluded, unlike the 3 of the export
+    codes = np.zeros_like(hist) if strengths is None else np.ascontiguousarray(strengths[:b])
     k = min(11, len(bias) - 1)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, scorer_inputs(hist, ex, bias, k))
+    got = sess.run(None, scorer_inputs(hist, ex, bias, k, codes))
     with torch.no_grad():
         want = [
             t.numpy()
             for t in scorer(
-                torch.from_numpy(hist), torch.from_numpy(ex), torch.from_numpy(bias), torch.zeros(k)
+                torch.from_numpy(hist),
+                torch.from_numpy(ex),
+                torch.from_numpy(bias),
+                torch.zeros(k),
+                torch.from_numpy(codes),
             )
         ]
     finite = np.isfinite(want[0])

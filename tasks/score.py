@@ -163,13 +163,14 @@ def score(
         lo, u = batch.start, u_all[batch]
         starts, ends = seqs.starts[u], seqs.ends[u]
         hist = histories(seqs.seq, starts, ends, max_history)
+        strength = seqs.strengths(starts, ends, max_history)
         if applied is None:
             seen = padded_sets(seqs.seq, starts, ends)
         else:
             seen = excl.padded(rows_all[batch])
         t = time.perf_counter()
         top_s, top_i, because = run_scorer(
-            sess, hist, seen, widths[batch], bias, max(k_model, 1), cfg.model_batch
+            sess, hist, seen, widths[batch], bias, max(k_model, 1), cfg.model_batch, strength
         )
         t_model += time.perf_counter() - t
         if layer is None:
@@ -270,8 +271,10 @@ def run_scorer(
     bias: np.ndarray,
     k: int,
     chunk: int,
+    strength: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The scorer over ``hist`` [B, L] in calls of ``chunk`` users; outputs [B, k] each.
+    """The scorer over ``hist`` [B, L] (strength codes beside it: ``strength``, None: 0) in
+    calls of ``chunk`` users; outputs [B, k] each.
 
     Each call's seen-items matrix is cut to its own widest user (``widths`` [B]).
     """
@@ -280,7 +283,9 @@ def run_scorer(
         hi = min(lo + chunk, len(hist))
         width = max(int(widths[lo:hi].max()), 1)
         part = np.ascontiguousarray(seen[lo:hi, :width])
-        outs.append(sess.run(None, registry.scorer_inputs(hist[lo:hi], part, bias, k)))
+        codes = None if strength is None else strength[lo:hi]
+        inputs = registry.scorer_inputs(hist[lo:hi], part, bias, k, codes)
+        outs.append(sess.run(None, registry.feed(sess, inputs)))
     if len(outs) == 1:
         return tuple(outs[0])  # type: ignore[return-value]
     return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]

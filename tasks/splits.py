@@ -16,8 +16,9 @@ held-out figure). A part is a training set and one target item per evaluated use
   cut). Interactions tied on the cut's timestamp all fall after it, so a tie never
   straddles training and target.
 
-Only ``first_ts`` is read: ``last_ts``, ``n_events`` and ``purchased`` of an early pair
-can describe events after the cut, and would leak them.
+Only ``first_ts`` and ``first_strength`` (what the user did at ``first_ts``) are read:
+``last_ts``, ``n_events`` and ``purchased`` of an early pair can describe events after
+the cut, and would leak them.
 
 Users with a target but no training item are the cold users (production gives them
 popular items). Targets that are inactive items are left out (nothing can rank them)
@@ -34,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from nightrec.config import ContractError, EvalConfig
-from nightrec.train import Sequences, to_sequences
+from nightrec.train import STRENGTH, Sequences, to_sequences
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,19 @@ class Split:
 
 
 def load_interactions(snapshot_dir: Path, catalog: pl.DataFrame) -> pl.DataFrame:
-    """(user_id, item_id, idx, t) of catalog items, in history order per user.
+    """(user_id, item_id, idx, t[, first_strength]) of catalog items, in history order per
+    user.
 
-    ``catalog`` is ``train.load_catalog``'s frame; ``t`` is ``first_ts`` in µs.
+    ``catalog`` is ``train.load_catalog``'s frame; ``t`` is ``first_ts`` in µs; the
+    strength only where the snapshot has it.
     """
     path = snapshot_dir / "interactions.parquet"
     inter = pl.read_parquet(path)
     missing = {"user_id", "item_id", "first_ts"} - set(inter.columns)
     if missing:
         raise ContractError(f"{path} lacks column(s) {sorted(missing)}")
-    inter = inter.select("user_id", "item_id", "first_ts")
+    strength = [STRENGTH] if STRENGTH in inter.columns else []
+    inter = inter.select("user_id", "item_id", "first_ts", *strength)
     for name in inter.columns:
         nulls = inter[name].null_count()
         if nulls:
@@ -82,7 +86,7 @@ def load_interactions(snapshot_dir: Path, catalog: pl.DataFrame) -> pl.DataFrame
             raise ContractError(f"{path} row {first + 1}: {name} is null ({nulls} rows)")
     inter = inter.join(catalog.select("item_id", "idx"), on="item_id", how="inner")
     return inter.select(
-        "user_id", "item_id", "idx", pl.col("first_ts").dt.epoch("us").alias("t")
+        "user_id", "item_id", "idx", pl.col("first_ts").dt.epoch("us").alias("t"), *strength
     ).sort(["user_id", "t", "item_id"])
 
 
@@ -139,7 +143,7 @@ def make_split(
             after = after & (pl.col("t") < test_cut)
         targets = inter.filter(after).group_by("user_id", maintain_order=True).first()
 
-    train = train.select("user_id", "idx", "t")
+    train = train.select("user_id", "idx", "t", *(c for c in (STRENGTH,) if c in train.columns))
     targets = targets.select("user_id", "idx")
     is_active = pl.Series(active[targets["idx"].to_numpy()])
     inactive = int((~is_active).sum())

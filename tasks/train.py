@@ -41,8 +41,10 @@ from nightrec.embed import load_embeddings
 
 log = logging.getLogger(__name__)
 
-# bumped when the same data and config would train a different model (a new loss, fusion)
-METHOD = "encoder+neighbours-3"  # 2: dropout, refit, cold items borrow; 3: ids only
+# bumped when the same data and config would train a different model (a new loss, fusion);
+# 2: dropout, refit, cold items borrow; 3: ids only; 4: strengths
+METHOD = "encoder+neighbours-4"
+STRENGTH = "first_strength"  # the snapshot's column of strength codes
 
 
 @dataclass
@@ -53,6 +55,17 @@ class Sequences:
     seq: np.ndarray  # int64 item indices (1..M), first-seen order per user
     starts: np.ndarray
     ends: np.ndarray
+    # [len(seq)] int64 strength code of each item when it entered the history (the
+    # snapshot's first_strength, ``model.STRENGTH_CODES``); None: unknown (all 0)
+    codes: np.ndarray | None = None
+
+    def strengths(self, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+        """[n, length] codes beside ``model.histories(self.seq, starts, ends, length)``."""
+        from nightrec.model import histories
+
+        if self.codes is None:
+            return np.zeros((len(starts), length), dtype=np.int64)
+        return histories(self.codes, starts, ends, length)
 
 
 def load_catalog(snapshot_dir: Path) -> pl.DataFrame:
@@ -62,8 +75,13 @@ def load_catalog(snapshot_dir: Path) -> pl.DataFrame:
 
 
 def load_sequences(snapshot_dir: Path, item_index: pl.DataFrame) -> Sequences:
-    """Histories over catalog items only; items unknown to the catalog are dropped."""
-    inter = pl.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id"])
+    """Histories over catalog items only; items unknown to the catalog are dropped. A
+    snapshot written before strengths has none (codes 0)."""
+    path = snapshot_dir / "interactions.parquet"
+    columns = ["user_id", "item_id"]
+    if STRENGTH in pl.read_parquet_schema(path):
+        columns.append(STRENGTH)
+    inter = pl.read_parquet(path, columns=columns)
     inter = inter.join(
         item_index.select("item_id", "idx"), on="item_id", how="inner", maintain_order="left"
     )
@@ -71,23 +89,32 @@ def load_sequences(snapshot_dir: Path, item_index: pl.DataFrame) -> Sequences:
 
 
 def to_sequences(rows: pl.DataFrame) -> Sequences:
-    """CSR histories from (user_id, idx) rows grouped by user, each in history order."""
+    """CSR histories from (user_id, idx[, first_strength]) rows grouped by user, each in
+    history order."""
     per_user = rows.group_by("user_id", maintain_order=True).len()
     lengths = per_user["len"].to_numpy().astype(np.int64)
     ends = np.cumsum(lengths)
+    codes = None
+    if STRENGTH in rows.columns:
+        codes = rows[STRENGTH].fill_null(0).to_numpy().astype(np.int64)
     return Sequences(
         per_user["user_id"].to_list(),
         rows["idx"].to_numpy().astype(np.int64),
         ends - lengths,
         ends,
+        codes,
     )
 
 
-def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(histories [n, L], targets [n]) from every position of every history.
+def training_examples(
+    seqs: Sequences, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(histories [n, L], targets [n], strengths [n, L]) from every position of every history.
 
     ``cfg.targets_per_user`` > 0 keeps only that many positions from each history's end.
     Examples are in (user, position) order; above ``cfg.max_examples`` a seeded sample.
+    A history item's strength is the one it entered the history with: never later than
+    the target.
     """
     from nightrec.model import histories
 
@@ -100,14 +127,14 @@ def training_examples(seqs: Sequences, cfg: TrainConfig) -> tuple[np.ndarray, np
     pos = np.repeat(first, count) + (
         np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
     )
-    hist = histories(seqs.seq, seqs.starts[owner], pos, cfg.max_history)
-    target = seqs.seq[pos]
-    if len(target) > cfg.max_examples:
+    if len(pos) > cfg.max_examples:
         keep = np.sort(
-            np.random.default_rng(cfg.seed).choice(len(target), cfg.max_examples, replace=False)
+            np.random.default_rng(cfg.seed).choice(len(pos), cfg.max_examples, replace=False)
         )
-        hist, target = hist[keep], target[keep]
-    return hist, target
+        owner, pos = owner[keep], pos[keep]
+    hist = histories(seqs.seq, seqs.starts[owner], pos, cfg.max_history)
+    strength = seqs.strengths(seqs.starts[owner], pos, cfg.max_history)
+    return hist, seqs.seq[pos], strength
 
 
 def fingerprint(
@@ -136,7 +163,7 @@ def holdout(n: int, cfg: TrainConfig) -> np.ndarray:
     return valid
 
 
-def validation_ndcg(model, hist, target, k: int = 10, batch: int = 1024) -> float:
+def validation_ndcg(model, hist, target, strength=None, k: int = 10, batch: int = 1024) -> float:
     """Mean NDCG@k of ``target`` ranked over every item, the history's items excluded."""
     import torch
 
@@ -145,7 +172,8 @@ def validation_ndcg(model, hist, target, k: int = 10, batch: int = 1024) -> floa
         items = model.item_vectors()  # [M + 1, dim]
         for lo in range(0, len(target), batch):
             h, t = hist[lo : lo + batch], target[lo : lo + batch]
-            s = model.user_vectors(h, items) @ items.T  # [B, M + 1]
+            c = None if strength is None else strength[lo : lo + batch]
+            s = model.user_vectors(h, items, strength=c) @ items.T  # [B, M + 1]
             s[:, 0] = -torch.inf
             s.scatter_(1, h, -torch.inf)  # seen items (and padding) never ranked
             mine = s.gather(1, t[:, None])  # [B, 1]
@@ -155,11 +183,18 @@ def validation_ndcg(model, hist, target, k: int = 10, batch: int = 1024) -> floa
     return total / max(len(target), 1)
 
 
-def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig):
+def fit(
+    text: np.ndarray,
+    hist: np.ndarray,
+    target: np.ndarray,
+    cfg: TrainConfig,
+    strength: np.ndarray | None = None,
+):
     """Train an Encoder; returns it with the training loss of each epoch run.
 
-    The epoch count is chosen on held-out examples (module docstring); what was chosen
-    is in the model's ``fit_info``.
+    ``strength``: [n, L] codes beside ``hist`` (None: none known). The epoch count is
+    chosen on held-out examples (module docstring); what was chosen is in the model's
+    ``fit_info``.
     """
     import torch
 
@@ -170,25 +205,32 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     text_emb = torch.from_numpy(np.vstack([np.zeros((1, text.shape[1]), np.float32), text]))
+    if strength is None:
+        strength = np.zeros_like(hist)
     model = Encoder(text_emb, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     valid = holdout(len(target), cfg)
     h_all, t_all = torch.from_numpy(hist[~valid]), torch.from_numpy(target[~valid])
     h_val, t_val = torch.from_numpy(hist[valid]), torch.from_numpy(target[valid])
+    c_all, c_val = torch.from_numpy(strength[~valid]), torch.from_numpy(strength[valid])
+    strengths = model.use_strengths(strength[~valid])
     n_items, n = text_emb.shape[0], len(t_all)  # M + 1, training examples
     sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
     log_q = _log_q(target[~valid], n_items, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     log.info(
-        "train: %s softmax over %d items; %d examples, %d held out to choose the epoch",
+        "train: %s softmax over %d items; %d examples, %d held out to choose the epoch; "
+        "strengths %s",
         "sampled" if sampled else "full",
         n_items - 1,
         n,
         len(t_val),
+        "read" if strengths else "not read (fewer than two kinds)",
     )
 
-    def one_epoch(model, opt, h, t, log_q) -> float:
-        """One pass over examples ``h`` [n, L], ``t`` [n] in a seeded order; mean loss."""
+    def one_epoch(model, opt, h, t, c, log_q) -> float:
+        """One pass over examples ``h`` [n, L], ``t`` [n], strengths ``c`` [n, L] in a
+        seeded order; mean loss."""
         total, n = 0.0, len(t)
         order = torch.from_numpy(rng.permutation(n))
         model.train()
@@ -199,9 +241,9 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
                 keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float()
             if sampled:
                 negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
-                logits, labels = model.sampled_logits(h[b], t[b], negatives, log_q, keep)
+                logits, labels = model.sampled_logits(h[b], t[b], negatives, log_q, keep, c[b])
             else:
-                logits, labels = model(h[b], keep), t[b]
+                logits, labels = model(h[b], keep, c[b]), t[b]
             loss = torch.nn.functional.cross_entropy(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,8 +256,8 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
     best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        losses.append(one_epoch(model, opt, h_all, t_all, log_q))
-        score = validation_ndcg(model, h_val, t_val) if len(t_val) else math.nan
+        losses.append(one_epoch(model, opt, h_all, t_all, c_all, log_q))
+        score = validation_ndcg(model, h_val, t_val, c_val) if len(t_val) else math.nan
         seconds = time.perf_counter() - t0
         log.info(
             "train: epoch %d/%d loss %.4f, validation NDCG@10 %.4f (%.1fs)",
@@ -256,7 +298,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         return known
 
     known = place_cold(model, hist[~valid], target[~valid])
-    fused = _fuse(model, text, hist, target, valid, cfg)
+    fused = _fuse(model, text, hist, target, strength, valid, cfg)
     refit_seconds = None
     if cfg.refit and valid.any():
         # the held-out examples chose the epoch and the neighbour weights; now the same
@@ -267,9 +309,10 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         model = Encoder(text_emb, cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         h_every, t_every = torch.from_numpy(hist), torch.from_numpy(target)
+        model.use_strengths(strength)
         log_q = _log_q(target, n_items, cfg)
         for epoch in range(best_epoch):
-            loss = one_epoch(model, opt, h_every, t_every, log_q)
+            loss = one_epoch(model, opt, h_every, t_every, torch.from_numpy(strength), log_q)
             log.info("train: refit epoch %d/%d loss %.4f", epoch + 1, best_epoch, loss)
         known = place_cold(model, hist, target)
         for name in NEIGHBOUR_BUFFERS:
@@ -283,6 +326,7 @@ def fit(text: np.ndarray, hist: np.ndarray, target: np.ndarray, cfg: TrainConfig
         "valid_examples": len(t_val),
         "stopped_by": stop,
         "items_text_only": int(n_items - 1 - known.sum()),
+        "strengths": model.strength_map.unique().tolist()[1:] if strengths else [],
         "fusion": fused,
         "refit_seconds": refit_seconds,
         "fit_seconds": round(time.perf_counter() - started, 2),
@@ -318,6 +362,7 @@ def _fuse(
     text: np.ndarray,
     hist: np.ndarray,
     target: np.ndarray,
+    strength: np.ndarray,
     valid: np.ndarray,
     cfg: TrainConfig,
 ):
@@ -346,7 +391,11 @@ def _fuse(
     )
     pick = np.flatnonzero(valid)[: cfg.fusion_valid]
     a, b, ndcg = fusion.choose(
-        model, torch.from_numpy(hist[pick]), torch.from_numpy(target[pick]), unit
+        model,
+        torch.from_numpy(hist[pick]),
+        torch.from_numpy(target[pick]),
+        unit,
+        torch.from_numpy(strength[pick]),
     )
     if a or b:
         every = fusion.tables(hist, target, n_items, cfg.neighbours, borrow(hist, target))
@@ -399,7 +448,7 @@ def train(
     catalog = load_catalog(snapshot_dir)
     text = load_embeddings(snapshot_dir)
     seqs = load_sequences(snapshot_dir, catalog)
-    hist, target = training_examples(seqs, cfg)
+    hist, target, strength = training_examples(seqs, cfg)
     if len(target) == 0:
         raise ContractError(
             f"no user in {snapshot_dir} has two or more items: nothing to learn from"
@@ -407,7 +456,7 @@ def train(
     log.info(
         "train: %d users, %d items, %d examples", len(seqs.user_ids), catalog.height, len(target)
     )
-    model, losses = fit(text, hist, target, cfg)
+    model, losses = fit(text, hist, target, cfg, strength)
     train_seconds = time.perf_counter() - started
     valid = holdout(len(target), cfg)  # the examples fit held out: the int8 gate's
     registry.export(
@@ -431,8 +480,9 @@ def train(
             },
         },
         example_history=np.tile(hist[:8], (2, 1))[:8],  # >= 2 rows: batch stays dynamic
+        example_strength=np.tile(strength[:8], (2, 1))[:8],
         int8=int8,
-        held_out=(hist[valid], target[valid]),
+        held_out=(hist[valid], target[valid], strength[valid]),
     )
     log.info("train: %s trained and exported in %.1fs", version, time.perf_counter() - started)
     return version

@@ -56,7 +56,7 @@ def trained(request, one_torch_thread) -> dict:
         np.array(starts, dtype=np.int64),
         np.array(ends, dtype=np.int64),
     )
-    hist, target = train.training_examples(data, CFG)
+    hist, target, _ = train.training_examples(data, CFG)
     assert not set(cold.values()) & (set(hist.ravel().tolist()) | set(target.tolist()))
     cfg = dataclasses.replace(CFG, cold_borrow=request.param)
     model, _ = train.fit(text, hist, target, cfg)

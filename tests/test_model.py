@@ -373,7 +373,7 @@ def test_sampled_softmax_training_is_deterministic(planted, two_torch_threads, c
     snap = planted["snapshot"]
     catalog = train.load_catalog(snap)
     cfg = dataclasses.replace(PLANTED_CFG, epochs=2, negatives=4)  # 12 items > 2 x 4: sampled
-    hist, target = train.training_examples(train.load_sequences(snap, catalog), cfg)
+    hist, target, _ = train.training_examples(train.load_sequences(snap, catalog), cfg)
     text = embed.load_embeddings(snap)
     with caplog.at_level("INFO", logger="nightrec.train"):
         m1, loss1 = train.fit(text, hist, target, cfg)

@@ -206,13 +206,13 @@ def test_consumables_come_back_after_n_days_over_the_full_history(run1, tmp_path
 
     def row(item, days_before, purchase):
         ts = cutoff - dt.timedelta(days=days_before)
-        return (user, item, ts, ts, 1, purchase, ts if purchase else None)
+        return (user, item, ts, ts, 1, purchase, ts if purchase else None, 4 if purchase else 1)
 
     extra = [row(old_c, 60, True), row(by_id, 59, True), row(old_n, 58, True)]
     extra += [row(hidden, 57, False), row(recent_c, 20, True)]
     extra += [row(i, 15 - n * 0.1, False) for n, i in enumerate(views)]
     cols = ["user_id", "item_id", "first_ts", "last_ts", "n_events", "purchased"]
-    frame = pl.DataFrame(extra, schema=[*cols, "last_purchase_ts"], orient="row")
+    frame = pl.DataFrame(extra, schema=[*cols, "last_purchase_ts", "first_strength"], orient="row")
     listed = [("consumables", None, None, cat), ("consumables", None, by_id, None)]
     listed.append(("exclude_user_items", user, hidden, None))
     snap = _snapshot(run1, tmp_path, listed, frame)
