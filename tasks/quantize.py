@@ -157,12 +157,12 @@ def build(
         return {**record, "reason": "not asked (int8 off)"}
     if held_out is None or len(held_out[1]) == 0:
         return {**record, "reason": "no held-out examples to measure the drop on: fp32 kept"}
-    hist, target = held_out[0][:MAX_EXAMPLES], held_out[1][:MAX_EXAMPLES]
-    codes = held_out[2][:MAX_EXAMPLES] if len(held_out) > 2 else None
+    # (histories, targets[, strengths]): without strengths none are read
+    hist, target, *codes = (part[:MAX_EXAMPLES] for part in held_out)
     started = time.perf_counter()
     try:
         ops = quantize(fp32, int8, cfg)
-        record.update(compare(fp32, int8, hist, target, n_index, codes))
+        record.update(compare(fp32, int8, hist, target, n_index, *codes))
     except Exception as exc:  # a graph the quantizer cannot take: fp32 still serves
         int8.unlink(missing_ok=True)
         log.warning("int8: quantizing the scorer failed (%s); fp32 kept", exc)

@@ -143,7 +143,8 @@ def make_split(
             after = after & (pl.col("t") < test_cut)
         targets = inter.filter(after).group_by("user_id", maintain_order=True).first()
 
-    train = train.select("user_id", "idx", "t", *(c for c in (STRENGTH,) if c in train.columns))
+    strength = [STRENGTH] if STRENGTH in inter.columns else []
+    train = train.select("user_id", "idx", "t", *strength)
     targets = targets.select("user_id", "idx")
     is_active = pl.Series(active[targets["idx"].to_numpy()])
     inactive = int((~is_active).sum())

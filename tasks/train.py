@@ -309,7 +309,7 @@ def fit(
         model = Encoder(text_emb, cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         h_every, t_every = torch.from_numpy(hist), torch.from_numpy(target)
-        model.use_strengths(strength)
+        model.strength_map.copy_(chosen.strength_map)  # the codes the epoch was chosen with
         log_q = _log_q(target, n_items, cfg)
         for epoch in range(best_epoch):
             loss = one_epoch(model, opt, h_every, t_every, torch.from_numpy(strength), log_q)
@@ -326,7 +326,7 @@ def fit(
         "valid_examples": len(t_val),
         "stopped_by": stop,
         "items_text_only": int(n_items - 1 - known.sum()),
-        "strengths": model.strength_map.unique().tolist()[1:] if strengths else [],
+        "strengths": model.strength_map.unique().tolist()[1:],  # 0 (unread) sorts first
         "fusion": fused,
         "refit_seconds": refit_seconds,
         "fit_seconds": round(time.perf_counter() - started, 2),
