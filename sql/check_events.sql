@@ -70,15 +70,9 @@ problems as (
     from parsed
 )
 
+-- only what the later steps read: the raw text stays in `staging` (rejected rows' _raw)
 select
     _row,
-    event_id,
-    user_id,
-    item_id,
-    event_type,
-    ts,
-    value,
-    p_event_id,
     p_user_id,
     p_item_id,
     p_event_type,
@@ -86,10 +80,14 @@ select
     p_value,
     problem[1] as bad_field,
     problem[2] as reason,
-    -- a line break in a one-line field of a CSV record: a quote left open joined lines
-    contains(concat_ws(' ', event_id, user_id, item_id, event_type, ts, value), chr(10))
-        or contains(concat_ws(' ', event_id, user_id, item_id, event_type, ts, value), chr(13))
-        as p_line_break,
+    -- a line break in a one-line field of a CSV record: a quote left open joined lines.
+    -- Of a good row only ts and value can hold one (an id or event_type with one fails)
+    coalesce(case
+        when problem is null then contains(ts, chr(10)) or contains(ts, chr(13))
+            or contains(value, chr(10)) or contains(value, chr(13))
+        else contains(concat_ws(' ', event_id, user_id, item_id, event_type, ts, value), chr(10))
+            or contains(concat_ws(' ', event_id, user_id, item_id, event_type, ts, value), chr(13))
+    end, false) as p_line_break,
     coalesce(
         p_event_id,
         sha256(concat_ws('|', p_user_id, p_item_id, p_event_type,

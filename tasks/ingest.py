@@ -162,14 +162,17 @@ def ingest_file(
             "reject_rows",
             {"kind": kind, "source_file": source, "checksum": digest, "now": now},
         )
-        good = db.one(con, "select count(*) from checked where bad_field is null")[0]
+        good, keys = db.one(
+            con,
+            "select count(*), count(distinct p_key) from checked where bad_field is null",
+        )
         table = kind  # a key of KINDS, never user input
         before = db.one(con, f"select count(*) from {table}")[0]
+        if kind == "events":  # most files repeat no key: then no window over them
+            db.run(con, "events_all_keys_new" if keys == good else "events_first_of_key")
         db.run(con, LOADERS[kind], {"source_file": source})
         if kind == "items":  # an upsert: count the distinct items the file carried
-            res.loaded = db.one(
-                con, "select count(distinct p_key) from checked where bad_field is null"
-            )[0]
+            res.loaded = keys
         else:
             res.loaded = db.one(con, f"select count(*) from {table}")[0] - before
         books = {"kind": kind, "checksum": digest, "rows_in": landed.rows_in, "loaded": res.loaded}
