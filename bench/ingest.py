@@ -37,9 +37,10 @@ def write_events(path: Path, rows: int, ids: bool, dirty: float) -> None:
 
     rng = np.random.default_rng(7)
     ts = pl.Series((1_790_000_000 + rng.integers(0, 30 * 86_400, rows)) * 1_000_000)
+    cols = {"event_id": [f"e{i}" for i in range(rows)]} if ids else {}
     df = pl.DataFrame(
-        {
-            "event_id": pl.Series([f"e{i}" for i in range(rows)]) if ids else None,
+        cols
+        | {
             "user_id": [f"u{x}" for x in rng.integers(0, max(rows // 20, 1), rows)],
             "item_id": [f"i{x}" for x in rng.integers(0, 50_000, rows)],
             "event_type": rng.choice(["view", "click", "purchase"], rows),
@@ -47,8 +48,6 @@ def write_events(path: Path, rows: int, ids: bool, dirty: float) -> None:
             "value": rng.integers(1, 6, rows).astype(str),
         }
     )
-    if not ids:
-        df = df.drop("event_id")
     if dirty:
         bad = pl.Series(rng.random(rows) < dirty)
         df = df.with_columns(pl.when(bad).then(pl.lit("yesterday")).otherwise("ts").alias("ts"))
@@ -67,7 +66,7 @@ def bare(path: Path, work: Path) -> float:
     reader = "read_csv" if path.suffix == ".csv" else "read_parquet"
     t = time.perf_counter()
     con = duckdb.connect(str(db))
-    con.execute(f"create table t as select * from {reader}($p)", {"p": str(path)})  # fixed
+    con.execute(f"create table t as select * from {reader}($p)", {"p": str(path)})  # fixed SQL text
     con.close()
     return time.perf_counter() - t
 
