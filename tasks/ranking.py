@@ -23,11 +23,16 @@ term, else ``similar_to_recent`` where that history item is among the user's las
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:
+    import torch
 
 from nightrec.config import check_int, check_number
 
@@ -226,14 +231,14 @@ def reasons(trending: np.ndarray, because: np.ndarray, recent: np.ndarray) -> np
 
 
 def similar_items(
-    item_matrix: np.ndarray, active: np.ndarray, k: int, max_cells: int = 1 << 24
+    item_matrix: np.ndarray, active: np.ndarray, k: int, max_cells: int = 1 << 22
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top ``k`` active items per active item by cosine of the item tower's vectors.
 
     ``item_matrix`` [M + 1, d] (row 0 padding), ``active`` [M + 1] bool. Never the item
     itself; ties by lower index. Returns (item [n], similar item [n, k], cosine [n, k])
     for the active items, -1 / nan where fewer than ``k`` others exist. Memory: items
-    are taken in batches of ``max_cells`` similarities (64 MB of float32 at the default).
+    are taken in batches of ``max_cells`` similarities (16 MB of float32 at the default).
     """
     norm = np.linalg.norm(item_matrix, axis=1, keepdims=True)
     unit = (item_matrix / np.maximum(norm, 1e-12)).astype(np.float32)
@@ -246,24 +251,86 @@ def similar_items(
         return items, out_i, out_s
     import torch
 
-    cand = torch.from_numpy(np.ascontiguousarray(unit[cols].T))  # [d, n]
-    batch = max(1, max_cells // max(len(cols), 1))
+    n = len(cols)
+    # zero columns up to a whole number of top_k_rows' blocks (-inf below): no copy there
+    width = -(-n // top_k_block(n, k)) * top_k_block(n, k)
+    cand = torch.zeros(unit.shape[1], width)
+    cand[:, :n] = torch.from_numpy(np.ascontiguousarray(unit[cols].T))  # [d, n] + padding
+    batch = max(1, max_cells // max(width, 1))
     for lo in range(0, len(items), batch):
         rows = items[lo : lo + batch]
         with torch.inference_mode():
             sims = torch.from_numpy(unit[rows]) @ cand  # [B, n]
             sims[
                 torch.arange(len(rows)), torch.from_numpy(np.searchsorted(cols, rows))
-            ] = -torch.inf
-            vals_t, part_t = torch.topk(sims, k, dim=1)  # not itself; threads over rows
-        s_np, vals, part = sims.numpy(), vals_t.numpy(), part_t.numpy()
-        order = np.lexsort((part, -vals), axis=1)  # ties by lower index
-        part = np.take_along_axis(part, order, axis=1)
-        # exact ties at the k-th place: topk may keep any of them; redo those rows exactly
-        kth = vals[:, -1:]
-        tied = np.flatnonzero((s_np == kth).sum(axis=1) > (vals == kth).sum(axis=1))
-        for r in tied:
-            part[r] = np.lexsort((np.arange(len(cols)), -s_np[r]))[:k]
+            ] = -torch.inf  # not itself
+            sims[:, n:] = -torch.inf
+            vals, part = top_k_rows(sims, k)
         out_i[lo : lo + len(rows)] = cols[part]
-        out_s[lo : lo + len(rows)] = np.take_along_axis(s_np, part, axis=1)
+        out_s[lo : lo + len(rows)] = vals
     return items, out_i, out_s
+
+
+def top_k_block(n: int, k: int) -> int:
+    """Columns per block of ``top_k_rows`` for rows of ``n`` (1: one plain top k).
+
+    Cost per row ~ n/S + k·S: least near S = sqrt(n / k) (``model.block_size``)."""
+    return max(1, min(n // k, int(math.sqrt(n / k))))
+
+
+def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` (1 <= k <= n) per row of ``sims`` [B, n]: (values [B, k], columns
+    [B, k]), by value then lower column.
+
+    In two stages when rows are long, as the scorer's top N (``model.TopNScorer``): the
+    row is cut into blocks of S columns, the k blocks with the highest maxima are kept
+    and the top k is taken among their k·S cells. Exact: every cell at least the k-th
+    value lies in a kept block, unless a block left out ties the k-th value exactly;
+    such rows, and rows with a tie at the k-th place among the kept cells, are redone
+    over the whole row.
+    """
+    import torch
+
+    b, n = sims.shape
+    s = top_k_block(n, k)
+    if s == 1:
+        vals, part = torch.topk(sims, k, dim=1)
+        return _ties(sims.numpy(), vals.numpy(), part.numpy(), np.arange(n), k)
+    g = -(-n // s)
+    if g * s > n:  # a copy: callers that can, pad the columns themselves (similar_items)
+        sims = torch.nn.functional.pad(sims, (0, g * s - n), value=-torch.inf)
+    padded = sims.reshape(b, g, s)
+    bmax = padded.amax(-1)  # [B, G]
+    _, best = torch.topk(bmax, k, dim=1)
+    best, _ = torch.sort(best, dim=1)
+    cand = padded[torch.arange(b)[:, None], best].reshape(b, k * s)  # [B, k*S]
+    col = (best[:, :, None] * s + torch.arange(s)).reshape(b, k * s).numpy()
+    vals, pos = torch.topk(cand, k, dim=1)
+    kth = vals[:, -1:]
+    # every element >= the k-th value lies in a chosen block unless another block ties it
+    outside = (bmax >= kth).sum(1) > k
+    v, c = _ties(cand.numpy(), vals.numpy(), pos.numpy(), col, k)
+    for r in np.flatnonzero(outside.numpy()):  # exact ties across blocks: the whole row
+        row = sims[r, :n].numpy()
+        c[r] = np.lexsort((np.arange(n), -row))[:k]
+        v[r] = row[c[r]]
+    return v, c
+
+
+def _ties(
+    cand: np.ndarray, vals: np.ndarray, pos: np.ndarray, col: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``torch.topk``'s (vals, pos) of ``cand`` [B, c] (whose columns are ``col``, [c] or
+    [B, c]) ordered by value then column; rows with a tie at the k-th place redone exactly
+    (topk may keep any of the tied cells)."""
+    cols = np.take_along_axis(col, pos, axis=1) if col.ndim == 2 else col[pos]
+    order = np.lexsort((cols, -vals), axis=1)
+    cols = np.take_along_axis(cols, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    kth = vals[:, -1:]
+    tied = np.flatnonzero((cand == kth).sum(axis=1) > (vals == kth).sum(axis=1))
+    for r in tied:
+        rc = col[r] if col.ndim == 2 else col
+        o = np.lexsort((rc, -cand[r]))[:k]
+        cols[r], vals[r] = rc[o], cand[r][o]
+    return vals, cols

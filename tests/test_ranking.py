@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from conftest import AS_OF
 from test_scoring import TOP_N, isolated, read_table, run1  # noqa: F401  (the fixture)
 
@@ -110,6 +111,46 @@ def test_similar_items_by_hand_never_itself_nor_inactive() -> None:
     for row, item in enumerate(items):
         assert item not in sim[row] and 5 not in sim[row]
     assert cos[0, 0] == pytest.approx(0.9 / np.hypot(0.9, 0.1))
+
+
+def _reference_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """The brute-force answer: each row's columns by value, then lower column first."""
+    return np.stack([np.lexsort((np.arange(x.shape[1]), -row))[:k] for row in x])
+
+
+@pytest.mark.parametrize("n,k", [(40, 20), (300, 7), (1000, 20), (5003, 20), (20011, 3)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_rows_is_the_brute_force_answer(n: int, k: int, ties: bool) -> None:
+    """Exact in both stages, with ties at the k-th place inside and across blocks."""
+    rng = np.random.default_rng(n + k)
+    x = rng.standard_normal((32, n)).astype(np.float32)
+    if ties:  # a handful of distinct values: ties everywhere, also among block maxima
+        x = np.round(x * 2) / 2
+    x[:2] = 0.0  # a whole row tied
+    x[3, ::2] = -np.inf
+    x[4, : n - k] = -np.inf  # exactly k finite cells, all at the end
+    vals, cols = ranking.top_k_rows(torch.from_numpy(x.copy()), k)
+    ref = _reference_top_k(x, k)
+    assert np.array_equal(cols, ref)
+    assert np.array_equal(vals, np.take_along_axis(x, ref, axis=1))
+
+
+def test_similar_items_two_stage_matches_a_full_sort() -> None:
+    """A catalog large enough for the two-stage top k, with duplicated vectors (exact
+    ties across blocks) and inactive items: the brute-force cosine order, by lower index."""
+    rng = np.random.default_rng(7)
+    m = rng.standard_normal((3001, 8)).astype(np.float32)
+    m[1500:1600] = m[100:200]  # duplicates: ties at every place
+    active = rng.random(3001) > 0.1
+    active[0] = False
+    items, sim, cos = ranking.similar_items(m, active, 10, max_cells=1 << 16)
+    unit = m / np.linalg.norm(m, axis=1, keepdims=True)
+    cols = np.flatnonzero(active)
+    full = (unit[items] @ unit[cols].T).astype(np.float32)
+    full[np.arange(len(items)), np.searchsorted(cols, items)] = -np.inf
+    ref = _reference_top_k(full, 10)
+    assert np.array_equal(sim, cols[ref])
+    np.testing.assert_allclose(cos, np.take_along_axis(full, ref, axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_rank_config_checks() -> None:
