@@ -277,7 +277,10 @@ def run_scorer(
     calls of ``chunk`` users; outputs [B, k] each.
 
     Each call's seen-items matrix is cut to its own widest user (``widths`` [B]).
+    ``bias`` [M + 1] holds 0 or -inf only: the scorer drops the -inf items, it adds nothing.
     """
+    if not np.all((bias == 0) | (bias == -np.inf)):
+        raise ValueError("item bias must be 0 (rankable) or -inf (never ranked)")
     outs = []
     for lo in range(0, len(hist), chunk):
         hi = min(lo + chunk, len(hist))

@@ -497,6 +497,21 @@ def test_large_catalog_scorer_matches_brute_force(
         assert np.array_equal(got_i[untied], want_i[untied])
         for row in range(len(hist)):  # never a seen, inactive or padding item
             assert not set(got_i[row]) & (set(seen[row]) | set(np.flatnonzero(bias < 0)))
+    # most of the catalog inactive (the scorer drops -inf items with the seen ones, so
+    # that scatter is then nearly catalog-wide): still the reference's lists
+    bias[rng.choice(np.arange(1, n_items + 1), 3600, replace=False)] = -np.inf
+    with torch.no_grad():
+        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
+    np.put_along_axis(full, seen, -np.inf, axis=1)
+    got_s, got_i, _ = sess.run(None, registry.scorer_inputs(hist, seen, bias, 100))
+    want_s, want_i = _reference_top(full, 100)
+    assert np.allclose(got_s, want_s, atol=1e-4, rtol=0)
+    assert np.array_equal(got_i[np.isfinite(want_s)], want_i[np.isfinite(want_s)])
+    assert not set(got_i[np.isfinite(got_s)]) & set(np.flatnonzero(bias < 0))
+    # the bias is a mask, not a weight: anything but 0 / -inf is refused
+    bias[5] = 0.5
+    with pytest.raises(ValueError, match="0 .rankable. or -inf"):
+        score.run_scorer(sess, hist, seen, (seen > 0).sum(1), bias, 10, 64)
 
 
 def test_refit_learns_from_the_examples_held_out_to_choose_the_epoch() -> None:
