@@ -287,13 +287,14 @@ class Block(nn.Module):
 MAX_TOP_N = 1000  # the largest top N a scorer is asked for (ScoreConfig.top_n's bound)
 
 
-def block_size(n_items: int) -> int:
-    """Columns per block of the two-stage top-N (1: one plain top-N over every item).
+def block_size(n_items: int, k: int = 100, min_blocks: int = MAX_TOP_N) -> int:
+    """Columns per block of the two-stage top k (1: one plain top k over every item).
 
-    Cost per user ~ G + N·S for G = n/S blocks: least near S = sqrt(n / N) (N = 100); and
-    G >= MAX_TOP_N so that any top N fits in whole blocks.
+    Cost per row ~ G + k·S for G = n/S blocks: least near S = sqrt(n / k) (the scorer
+    uses k = 100); and G >= ``min_blocks`` so that any top ``min_blocks`` fits in whole
+    blocks (the scorer: MAX_TOP_N, for any top N it is asked for).
     """
-    return max(1, min(n_items // MAX_TOP_N, int(math.sqrt(n_items / 100))))
+    return max(1, min(n_items // min_blocks, int(math.sqrt(n_items / k))))
 
 
 class TopNScorer(nn.Module):

@@ -23,7 +23,6 @@ term, else ``similar_to_recent`` where that history item is among the user's las
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -251,9 +250,10 @@ def similar_items(
         return items, out_i, out_s
     import torch
 
-    n = len(cols)
-    # zero columns up to a whole number of top_k_rows' blocks (-inf below): no copy there
-    width = -(-n // top_k_block(n, k)) * top_k_block(n, k)
+    from nightrec.model import block_size
+
+    n, s = len(cols), block_size(len(cols), k, k)
+    width = -(-n // s) * s  # zero columns up to top_k_rows' whole blocks (-inf below): no copy
     cand = torch.zeros(unit.shape[1], width)
     cand[:, :n] = torch.from_numpy(np.ascontiguousarray(unit[cols].T))  # [d, n] + padding
     batch = max(1, max_cells // max(width, 1))
@@ -271,13 +271,6 @@ def similar_items(
     return items, out_i, out_s
 
 
-def top_k_block(n: int, k: int) -> int:
-    """Columns per block of ``top_k_rows`` for rows of ``n`` (1: one plain top k).
-
-    Cost per row ~ n/S + k·S: least near S = sqrt(n / k) (``model.block_size``)."""
-    return max(1, min(n // k, int(math.sqrt(n / k))))
-
-
 def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` (1 <= k <= n) per row of ``sims`` [B, n]: (values [B, k], columns
     [B, k]), by value then lower column.
@@ -291,8 +284,10 @@ def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     import torch
 
+    from nightrec.model import block_size
+
     b, n = sims.shape
-    s = top_k_block(n, k)
+    s = block_size(n, k, k)
     if s == 1:
         vals, part = torch.topk(sims, k, dim=1)
         return _ties(sims.numpy(), vals.numpy(), part.numpy(), np.arange(n), k)
