@@ -305,11 +305,23 @@ def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     # every element >= the k-th value lies in a chosen block unless another block ties it
     outside = (bmax >= kth).sum(1) > k
     v, c = _ties(cand.numpy(), vals.numpy(), pos.numpy(), col, k)
+    whole = np.arange(n)
     for r in np.flatnonzero(outside.numpy()):  # exact ties across blocks: the whole row
-        row = sims[r, :n].numpy()
-        c[r] = np.lexsort((np.arange(n), -row))[:k]
-        v[r] = row[c[r]]
+        v[r], c[r] = _exact_row(sims[r, :n].numpy(), whole, v[r, -1], k)
     return v, c
+
+
+def _exact_row(
+    row: np.ndarray, cols: np.ndarray, kth: float, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of one row (columns ``cols``, ascending) whose k-th value is ``kth``:
+    every cell above it, then the lowest columns that equal it; by value then column.
+    Linear in the row (no sort of it), so that rows of massive ties stay cheap."""
+    above = np.flatnonzero(row > kth)
+    at = np.flatnonzero(row == kth)[: k - len(above)]
+    pick = np.concatenate([above, at])
+    order = np.lexsort((cols[pick], -row[pick]))
+    return row[pick][order], cols[pick][order]
 
 
 def _ties(
@@ -325,7 +337,5 @@ def _ties(
     kth = vals[:, -1:]
     tied = np.flatnonzero((cand == kth).sum(axis=1) > (vals == kth).sum(axis=1))
     for r in tied:
-        rc = col[r] if col.ndim == 2 else col
-        o = np.lexsort((rc, -cand[r]))[:k]
-        cols[r], vals[r] = rc[o], cand[r][o]
+        vals[r], cols[r] = _exact_row(cand[r], col[r] if col.ndim == 2 else col, kth[r, 0], k)
     return vals, cols

@@ -129,6 +129,7 @@ def test_top_k_rows_is_the_brute_force_answer(n: int, k: int, ties: bool) -> Non
     x[:2] = 0.0  # a whole row tied
     x[3, ::2] = -np.inf
     x[4, : n - k] = -np.inf  # exactly k finite cells, all at the end
+    x[5, : n - k + 1] = -np.inf  # k - 1 finite cells: the k-th place ties at -inf
     vals, cols = ranking.top_k_rows(torch.from_numpy(x.copy()), k)
     ref = _reference_top_k(x, k)
     assert np.array_equal(cols, ref)
