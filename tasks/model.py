@@ -68,10 +68,8 @@ class Encoder(nn.Module):
         self.user_mlp = nn.Sequential(
             nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim)
         )
-        # dropout on the history's item vectors while training (identity when exported); its
-        # masks come from NumPy's generator, seeded: torch's bernoulli_ drew them at ~20 ns a
-        # cell, a sixth of a training step on Beauty
-        self.drop_rng = np.random.default_rng([cfg.seed, 2])
+        # dropout on the history's item vectors while training (identity when exported)
+        self.drop = nn.Dropout(cfg.dropout)
         # "attention": causal self-attention over the window instead of the pooled mean
         self.blocks = nn.ModuleList(
             [Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers)]
@@ -203,7 +201,7 @@ class Encoder(nn.Module):
         if strength is not None:
             codes = self.strength_map[strength]  # 0 (the zero row, never trained) if unread
             hv = hv + nn.functional.embedding(codes, self.strength, padding_idx=0)
-        hv = self.dropout(hv)
+        hv = self.drop(hv)
         mask = history > 0  # [B, L]
         if self.blocks:
             return self._attend(hv, mask)
@@ -212,14 +210,6 @@ class Encoder(nn.Module):
         pooled = (hv * w).sum(1)  # [B, dim]
         last = hv[:, -1]  # [B, dim]
         return last + self.user_mlp(torch.cat([last, pooled], dim=-1))
-
-    def dropout(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverted dropout of ``x`` with ``cfg.dropout`` while training; else ``x``."""
-        p = self.cfg.dropout
-        if not self.training or p == 0:
-            return x
-        keep = torch.from_numpy(self.drop_rng.random(x.shape, dtype=np.float32) >= p)
-        return x * keep * (1.0 / (1.0 - p))
 
     def _attend(self, hv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, L, dim] history vectors, [B, L] bool -> [B, dim]: the last position's state
