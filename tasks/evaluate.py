@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nightrec import baselines, eval_store, metrics, rules, splits
+from nightrec import baselines, eval_store, metrics, rules, splits, workers
 from nightrec.config import ContractError, EvalConfig, Settings, TrainConfig, safe_id
 from nightrec.embed import load_embeddings
 from nightrec.ranking import RankConfig
@@ -272,32 +272,29 @@ def evaluate(
             return reused
     evaluated_at = dt.datetime.now(dt.UTC)
     as_of = _as_of(snapshot_dir)
-    catalog = load_catalog(snapshot_dir)
-    text = load_embeddings(snapshot_dir)  # [M, T], rows in catalog order
-    if text.shape[0] != catalog.height:
-        raise ContractError(
-            f"{snapshot_dir}: {text.shape[0]} text embeddings for {catalog.height} items: "
-            "run `nightrec embed` for this snapshot again"
-        )
-    active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])  # [M + 1]
-    inter = splits.load_interactions(snapshot_dir, catalog)
-    removals = None
-    if rule_cfg is not None:
-        removals = rules.removals(snapshot_dir, inter["user_id"].unique().sort(), rule_cfg)
+    parts = [(protocol, part) for protocol in eval_cfg.protocols for part in splits.PARTS]
+    # the four fits are the cost: side by side on the host's cores unless the data is small
+    # (a worker's start, ~3 s of imports, would cost more than it saves)
+    procs = workers.available(len(parts)) if _events(snapshot_dir) >= PARALLEL_EVENTS else 1
+    if procs > 1:
+        jobs = [
+            (_part_in_worker, (snapshot_dir, rule_cfg, p, q, cfg, eval_cfg, rank_cfg))
+            for p, q in parts
+        ]
+        results = workers.run(jobs, procs)
+    else:
+        inputs = _Inputs.load(snapshot_dir, rule_cfg)
+        results = [_part(inputs, p, q, cfg, eval_cfg, rank_cfg) for p, q in parts]
     frames, details = [], {}
-    for protocol in eval_cfg.protocols:
-        for part in splits.PARTS:
-            split = splits.make_split(inter, active, protocol, part, eval_cfg)
-            rows, counts = evaluate_split(
-                split, text, active, cfg, eval_cfg, None, rank_cfg, catalog, removals
-            )
-            details[f"{protocol}/{part}"] = counts
-            if rows:
-                frames.append(
-                    pl.DataFrame(rows).with_columns(
-                        pl.lit(protocol).alias("protocol"), pl.lit(part).alias("split")
-                    )
+    for (protocol, part), (rows, counts) in zip(parts, results, strict=True):
+        details[f"{protocol}/{part}"] = counts
+        if rows:
+            frames.append(
+                pl.DataFrame(rows).with_columns(
+                    pl.lit(protocol).alias("protocol"), pl.lit(part).alias("split")
                 )
+            )
+    for protocol in eval_cfg.protocols:
         _log_protocol(protocol, frames, details)
     base = pl.DataFrame(
         schema={"model": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "slice": pl.Utf8}
@@ -328,6 +325,7 @@ def evaluate(
         "rank_config": _rank_doc(rank_cfg),
         "rules": rules_doc,
         "splits": details,
+        "processes": procs,
         "summary": summary,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -342,6 +340,88 @@ def evaluate(
         out / "evaluation.json",
     )
     return summary
+
+
+PARALLEL_EVENTS = 20_000  # snapshot interactions from which evaluate's parts run as processes
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What every part of an evaluation reads from the snapshot."""
+
+    catalog: pl.DataFrame
+    text: np.ndarray  # [M, T] rows in catalog order
+    active: np.ndarray  # [M + 1] bool, padding inactive
+    inter: pl.DataFrame  # ``splits.load_interactions``
+    removals: Any  # ``rules.removals`` or None
+
+    @classmethod
+    def load(cls, snapshot_dir: Path, rule_cfg: RulesConfig | None) -> _Inputs:
+        catalog = load_catalog(snapshot_dir)
+        text = load_embeddings(snapshot_dir)
+        if text.shape[0] != catalog.height:
+            raise ContractError(
+                f"{snapshot_dir}: {text.shape[0]} text embeddings for {catalog.height} items: "
+                "run `nightrec embed` for this snapshot again"
+            )
+        active = np.concatenate([[False], catalog["active"].to_numpy().astype(bool)])
+        inter = splits.load_interactions(snapshot_dir, catalog)
+        removals = None
+        if rule_cfg is not None:
+            users = inter["user_id"].unique().sort()
+            removals = rules.removals(snapshot_dir, users, rule_cfg)
+        return cls(catalog, text, active, inter, removals)
+
+
+def _part(
+    inputs: _Inputs,
+    protocol: str,
+    part: str,
+    cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    rank_cfg: RankConfig | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``evaluate_split`` of one part of one protocol."""
+    split = splits.make_split(inputs.inter, inputs.active, protocol, part, eval_cfg)
+    return evaluate_split(
+        split,
+        inputs.text,
+        inputs.active,
+        cfg,
+        eval_cfg,
+        None,
+        rank_cfg,
+        inputs.catalog,
+        inputs.removals,
+    )
+
+
+_LOADED: dict[tuple[str, str], _Inputs] = {}  # a worker's inputs, loaded once for the parts it runs
+
+
+def _part_in_worker(
+    snapshot_dir: Path,
+    rule_cfg: RulesConfig | None,
+    protocol: str,
+    part: str,
+    cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    rank_cfg: RankConfig | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``_part`` in a worker process (``workers.run``), which loads the snapshot itself."""
+    key = (str(snapshot_dir), repr(rule_cfg))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = _Inputs.load(snapshot_dir, rule_cfg)
+    return _part(_LOADED[key], protocol, part, cfg, eval_cfg, rank_cfg)
+
+
+def _events(snapshot_dir: Path) -> int:
+    """Interactions in the snapshot (its Parquet footer; 0 if it has none)."""
+    path = snapshot_dir / "interactions.parquet"
+    if not path.is_file():
+        return 0
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
 
 def _rank_doc(rank_cfg: RankConfig | None) -> dict | None:

@@ -35,15 +35,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nightrec import registry
+from nightrec import registry, workers
 from nightrec.config import ContractError, Int8Config, Settings, TrainConfig
 from nightrec.embed import load_embeddings
 
 log = logging.getLogger(__name__)
 
 # bumped when the same data and config would train a different model (a new loss, fusion);
-# 2: dropout, refit, cold items borrow; 3: ids only; 4: strengths
-METHOD = "encoder+neighbours-4"
+# 2: dropout, refit, cold items borrow; 3: ids only; 4: strengths; 5: the refit's own random
+# streams (it may train beside the epoch choice)
+METHOD = "encoder+neighbours-5"
 STRENGTH = "first_strength"  # the snapshot's column of strength codes
 
 
@@ -228,111 +229,304 @@ def fit(
         "read" if strengths else "not read (fewer than two kinds)",
     )
 
-    def one_epoch(model, opt, h, t, c, log_q) -> float:
-        """One pass over examples ``h`` [n, L], ``t`` [n], strengths ``c`` [n, L] in a
-        seeded order; mean loss."""
-        total, n = 0.0, len(t)
-        order = torch.from_numpy(rng.permutation(n))
-        model.train()
-        for lo in range(0, n, cfg.batch_size):
-            b = order[lo : lo + cfg.batch_size]
-            keep = None
-            if cfg.id_dropout > 0:
-                keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float()
-            if sampled:
-                negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
-                logits, labels = model.sampled_logits(h[b], t[b], negatives, log_q, keep, c[b])
-            else:
-                logits, labels = model(h[b], keep, c[b]), t[b]
-            loss = torch.nn.functional.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        model.eval()
-        return total / max(n, 1)
+    refit = None
+    if cfg.refit and valid.any() and len(target) >= PARALLEL_EXAMPLES and workers.available(2) > 1:
+        # the refit needs only the epoch count: it trains in a process beside the epoch
+        # choice, which tells it the best epoch so far and, at the end, the one to keep
+        refit = _Beside(text_emb, hist, target, strength, cfg, model.strength_map)
+    try:
+        losses: list[float] = []
+        best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            loss = _epoch(model, opt, (h_all, t_all, c_all), log_q, cfg, rng, gen)
+            assert loss is not None  # no abort
+            losses.append(loss)
+            score = validation_ndcg(model, h_val, t_val, c_val) if len(t_val) else math.nan
+            seconds = time.perf_counter() - t0
+            log.info(
+                "train: epoch %d/%d loss %.4f, validation NDCG@10 %.4f (%.1fs)",
+                epoch + 1,
+                cfg.epochs,
+                losses[-1],
+                score,
+                seconds,
+            )
+            if len(t_val):
+                if score > best:
+                    best, best_epoch, stale = score, epoch + 1, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if refit is not None:
+                        refit.best(best_epoch)
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        stop = f"no better validation NDCG@10 for {stale} epochs"
+                        break
+            if (
+                epoch + 1 < cfg.epochs
+                and time.perf_counter() - started + seconds > cfg.max_train_seconds
+            ):
+                stop = f"time budget of {cfg.max_train_seconds:g}s"
+                log.warning("train: stopped after %d epochs by the time budget", epoch + 1)
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            best_epoch = len(losses)
 
+        def place_cold(model, h: np.ndarray, t: np.ndarray) -> np.ndarray:
+            """Items absent from examples (h, t) lose their untrained id part (text alone places
+            them) and, with ``cold_borrow``, take their text neighbour's; returns the known."""
+            known = _known(h, t, n_items)
+            model.forget_ids(torch.from_numpy(known))
+            if cfg.cold_borrow:
+                model.borrow_ids(fusion.donors(text, known))
+            return known
+
+        known = place_cold(model, hist[~valid], target[~valid])
+        fused = _fuse(model, text, hist, target, strength, valid, cfg)
+        refit_seconds = None
+        if cfg.refit and valid.any():
+            # the held-out examples chose the epoch and the neighbour weights; now the same
+            # recipe learns from every example (the latest positions included) that long
+            t0 = time.perf_counter()
+            chosen = model
+            if refit is None:
+                state, refit_losses = _refit(
+                    text_emb, hist, target, strength, cfg, chosen.strength_map, _Fixed(best_epoch)
+                )
+            else:
+                state, refit_losses = refit.result(best_epoch)
+            model = Encoder(text_emb, cfg)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"text"}:
+                raise RuntimeError(f"refit state: missing {missing}, unexpected {unexpected}")
+            log.info(
+                "train: refit on all %d examples for %d epochs, last loss %.4f",
+                len(target),
+                len(refit_losses),
+                refit_losses[-1],
+            )
+            known = place_cold(model, hist, target)
+            for name in NEIGHBOUR_BUFFERS:
+                setattr(model, name, getattr(chosen, name))
+            model.fused = chosen.fused
+            refit_seconds = round(time.perf_counter() - t0, 2)
+        model.fit_info = {
+            "epochs_run": len(losses),
+            "best_epoch": best_epoch,
+            "valid_ndcg10": None if best < 0 else round(best, 5),
+            "valid_examples": len(t_val),
+            "stopped_by": stop,
+            "items_text_only": int(n_items - 1 - known.sum()),
+            "strengths": model.strength_map.unique().tolist()[1:],  # 0 (unread) sorts first
+            "fusion": fused,
+            "refit_seconds": refit_seconds,  # after the epoch choice (the wait, when beside it)
+            "refit_beside": refit is not None,
+            "fit_seconds": round(time.perf_counter() - started, 2),
+        }
+        log.info("train: kept epoch %d of %d (%s)", best_epoch, len(losses), stop)
+        return model.eval(), losses
+    finally:
+        if refit is not None:
+            refit.close()
+
+
+PARALLEL_EXAMPLES = 20_000  # examples from which the refit trains in a process of its own
+
+
+def _epoch(model, opt, data, log_q, cfg: TrainConfig, rng, gen, abort=None) -> float | None:
+    """One pass over ``data`` (histories [n, L], targets [n], strengths [n, L]) in an order
+    drawn from ``rng`` (id dropout and negatives from ``gen``); the mean loss. ``abort``:
+    checked every few steps; when it says so the pass stops and returns None."""
+    import torch
+
+    h, t, c = data
+    n_items = model.text.shape[0]
+    sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
+    total, n = 0.0, len(t)
+    order = torch.from_numpy(rng.permutation(n))
+    model.train()
+    for step, lo in enumerate(range(0, n, cfg.batch_size)):
+        if abort is not None and step % 16 == 0 and abort():
+            model.eval()
+            return None
+        b = order[lo : lo + cfg.batch_size]
+        keep = None
+        if cfg.id_dropout > 0:
+            keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float()
+        if sampled:
+            negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
+            logits, labels = model.sampled_logits(h[b], t[b], negatives, log_q, keep, c[b])
+        else:
+            logits, labels = model(h[b], keep, c[b]), t[b]
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(b)
+    model.eval()
+    return total / max(n, 1)
+
+
+@dataclass
+class _Fixed:
+    """The refit's epoch count, known before it starts."""
+
+    best: int
+    final: int = 0
+
+    def __post_init__(self) -> None:
+        self.final = self.best
+
+
+class _Shared:
+    """The refit's epoch count as the epoch choice beside it learns it: ``best`` so far
+    (earlier epochs can no longer be the one kept), ``final`` (0: not known yet)."""
+
+    def __init__(self, best, final) -> None:
+        self._best, self._final = best, final
+
+    @property
+    def best(self) -> int:
+        return int(self._best.value)
+
+    @property
+    def final(self) -> int:
+        return int(self._final.value)
+
+
+def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epochs):
+    """A fresh encoder trained on every example for ``epochs.final`` epochs, with random
+    streams of its own (the same weights whether it ran after the epoch choice or beside
+    it); returns (its state without the text buffer, the epochs' losses).
+
+    ``epochs`` (``_Fixed`` or ``_Shared``): the states of epochs from ``best`` on are kept
+    until ``final`` is known.
+    """
+    import torch
+
+    from nightrec.model import Encoder
+
+    torch.manual_seed(cfg.seed)
+    model = Encoder(text_emb, cfg)
+    model.strength_map.copy_(strength_map)  # the codes the epoch was chosen with
+    opt = _optimizer(model, cfg)
+    rng = np.random.default_rng([cfg.seed, 2])
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    data = (torch.from_numpy(hist), torch.from_numpy(target), torch.from_numpy(strength))
+    log_q = _log_q(target, text_emb.shape[0], cfg)
+    kept: dict[int, dict] = {}
     losses: list[float] = []
-    best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        losses.append(one_epoch(model, opt, h_all, t_all, c_all, log_q))
-        score = validation_ndcg(model, h_val, t_val, c_val) if len(t_val) else math.nan
-        seconds = time.perf_counter() - t0
-        log.info(
-            "train: epoch %d/%d loss %.4f, validation NDCG@10 %.4f (%.1fs)",
-            epoch + 1,
-            cfg.epochs,
-            losses[-1],
-            score,
-            seconds,
-        )
-        if len(t_val):
-            if score > best:
-                best, best_epoch, stale = score, epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    stop = f"no better validation NDCG@10 for {stale} epochs"
-                    break
-        if (
-            epoch + 1 < cfg.epochs
-            and time.perf_counter() - started + seconds > cfg.max_train_seconds
-        ):
-            stop = f"time budget of {cfg.max_train_seconds:g}s"
-            log.warning("train: stopped after %d epochs by the time budget", epoch + 1)
+
+    def needless() -> bool:  # this epoch is past the one to keep
+        return bool(epochs.final) and len(losses) >= epochs.final
+
+    while len(losses) < cfg.epochs and not needless():
+        loss = _epoch(model, opt, data, log_q, cfg, rng, gen, abort=needless)
+        if loss is None:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(losses)
+        losses.append(loss)
+        log.info("train: refit epoch %d loss %.4f", len(losses), loss)
+        floor = epochs.best
+        kept = {e: state for e, state in kept.items() if e >= floor}
+        if len(losses) >= floor:
+            kept[len(losses)] = {
+                k: v.detach().clone() for k, v in model.state_dict().items() if k != "text"
+            }
+    while not epochs.final:  # ran every epoch before the choice ended
+        time.sleep(0.05)
+    if epochs.final not in kept:
+        raise RuntimeError(f"refit: epoch {epochs.final} was not kept (kept {sorted(kept)})")
+    return kept[epochs.final], losses[: epochs.final]
 
-    def place_cold(model, h: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Items absent from examples (h, t) lose their untrained id part (text alone places
-        them) and, with ``cold_borrow``, take their text neighbour's; returns the known."""
-        known = _known(h, t, n_items)
-        model.forget_ids(torch.from_numpy(known))
-        if cfg.cold_borrow:
-            model.borrow_ids(fusion.donors(text, known))
-        return known
 
-    known = place_cold(model, hist[~valid], target[~valid])
-    fused = _fuse(model, text, hist, target, strength, valid, cfg)
-    refit_seconds = None
-    if cfg.refit and valid.any():
-        # the held-out examples chose the epoch and the neighbour weights; now the same
-        # recipe learns from every example (the latest positions included) that long
-        t0 = time.perf_counter()
-        chosen = model
-        torch.manual_seed(cfg.seed)
-        model = Encoder(text_emb, cfg)
-        opt = _optimizer(model, cfg)
-        h_every, t_every = torch.from_numpy(hist), torch.from_numpy(target)
-        model.strength_map.copy_(chosen.strength_map)  # the codes the epoch was chosen with
-        log_q = _log_q(target, n_items, cfg)
-        for epoch in range(best_epoch):
-            loss = one_epoch(model, opt, h_every, t_every, torch.from_numpy(strength), log_q)
-            log.info("train: refit epoch %d/%d loss %.4f", epoch + 1, best_epoch, loss)
-        known = place_cold(model, hist, target)
-        for name in NEIGHBOUR_BUFFERS:
-            setattr(model, name, getattr(chosen, name))
-        model.fused = chosen.fused
-        refit_seconds = round(time.perf_counter() - t0, 2)
-    model.fit_info = {
-        "epochs_run": len(losses),
-        "best_epoch": best_epoch,
-        "valid_ndcg10": None if best < 0 else round(best, 5),
-        "valid_examples": len(t_val),
-        "stopped_by": stop,
-        "items_text_only": int(n_items - 1 - known.sum()),
-        "strengths": model.strength_map.unique().tolist()[1:],  # 0 (unread) sorts first
-        "fusion": fused,
-        "refit_seconds": refit_seconds,
-        "fit_seconds": round(time.perf_counter() - started, 2),
-    }
-    log.info("train: kept epoch %d of %d (%s)", best_epoch, len(losses), stop)
-    return model.eval(), losses
+def _refit_worker(queue, threads, level, out, best, final, args) -> None:
+    """``_refit`` in a spawned process; puts ("ok", state as arrays, losses) or ("error",
+    traceback) on ``out``."""
+    import traceback
+
+    import torch
+
+    workers.setup(queue, threads, level)
+    try:
+        text, hist, target, strength, cfg, strength_map = args
+        state, losses = _refit(
+            torch.from_numpy(text),
+            hist,
+            target,
+            strength,
+            cfg,
+            torch.from_numpy(strength_map),
+            _Shared(best, final),
+        )
+        out.put(("ok", {k: v.numpy() for k, v in state.items()}, losses))
+    except BaseException:
+        out.put(("error", traceback.format_exc(), None))
+
+
+class _Beside:
+    """The refit in a process of its own, started with the epoch choice; the host's torch
+    threads are split between the two until it is closed."""
+
+    def __init__(self, text_emb, hist, target, strength, cfg: TrainConfig, strength_map) -> None:
+        import multiprocessing as mp
+
+        import torch
+
+        ctx = mp.get_context("spawn")
+        self._best, self._final = ctx.Value("i", 0), ctx.Value("i", 0)
+        self._out = ctx.Queue()
+        self._queue, self._listen = workers.listener(ctx)
+        threads = workers.threads_each(2)
+        self._threads = torch.get_num_threads()
+        args = (text_emb.numpy(), hist, target, strength, cfg, strength_map.numpy())
+        self._proc = ctx.Process(
+            target=_refit_worker,
+            name="refit",
+            args=(self._queue, threads, workers.level(), self._out, self._best, self._final, args),
+        )
+        self._done = False
+        self._proc.start()
+        torch.set_num_threads(threads)
+        log.info("train: the refit trains beside the epoch choice (%d torch threads each)", threads)
+
+    def best(self, epoch: int) -> None:
+        self._best.value = epoch
+
+    def result(self, epoch: int):
+        """Keep epoch ``epoch``: (state of tensors, losses) once the refit has trained it."""
+        import queue
+
+        import torch
+
+        self._final.value = epoch
+        while True:
+            try:
+                status, payload, losses = self._out.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError(
+                        f"train: the refit process ended without a result "
+                        f"(exit code {self._proc.exitcode})"
+                    ) from None
+        self._done = True
+        if status != "ok":
+            raise RuntimeError(f"train: the refit process failed:\n{payload}")
+        return {k: torch.from_numpy(v) for k, v in payload.items()}, losses
+
+    def close(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads)
+        if self._done and self._proc.is_alive():
+            self._proc.join(timeout=5.0)
+        if self._proc.is_alive():  # the epoch choice failed: its refit is not wanted
+            self._proc.terminate()
+            self._proc.join()
+        self._listen.stop()
 
 
 def _optimizer(model, cfg: TrainConfig):

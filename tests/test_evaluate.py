@@ -334,6 +334,42 @@ def test_a_version_evaluated_before_is_not_fitted_again(settings: Settings, eval
     assert not any("figures reused" in r.getMessage() for r in caplog.records)
 
 
+
+def test_parts_in_worker_processes_give_the_same_figures(
+    settings: Settings, evaluated, monkeypatch, caplog
+) -> None:
+    """The four parts fitted side by side in spawned processes (one torch thread each, as
+    here) write the same figures as in this process, and their log lines reach this one."""
+    monkeypatch.setattr(evaluate, "PARALLEL_EVENTS", 0)
+    monkeypatch.setenv("NIGHTREC_WORKERS", "2")
+    monkeypatch.setattr("nightrec.workers.cpus", lambda: 2)  # one thread in each of two
+    cfg = EvalConfig(ks=(1, 10), time_test_days=1)
+    with caplog.at_level("INFO", logger="nightrec"):
+        evaluate.evaluate(settings, evaluated["snapshot"], "run-p", None, TINY, cfg)
+    doc = json.loads((eval_store.reports_dir(settings, "run-p") / "evaluation.json").read_text())
+    assert doc["processes"] == 2
+    key = ["protocol", "split", "model", "metric", "k", "slice"]
+    here = eval_store.run_rows(settings, "run-1").sort(key)
+    there = eval_store.run_rows(settings, "run-p").sort(key)
+    assert there.select(key).equals(here.select(key))
+    assert np.allclose(there["value"].to_numpy(), here["value"].to_numpy(), atol=1e-9)
+    workers_lines = [r.getMessage() for r in caplog.records if r.processName != "MainProcess"]
+    assert any("train: kept epoch" in m for m in workers_lines)  # a fit's log, from a worker
+
+
+def test_workers_knob_is_checked(monkeypatch) -> None:
+    from nightrec import workers
+
+    monkeypatch.setenv("NIGHTREC_WORKERS", "0")
+    with pytest.raises(ContractError, match="NIGHTREC_WORKERS must be >= 1"):
+        workers.available(4)
+    monkeypatch.setenv("NIGHTREC_WORKERS", "two")
+    with pytest.raises(ContractError, match="whole number"):
+        workers.available(4)
+    monkeypatch.setenv("NIGHTREC_WORKERS", "3")
+    assert workers.available(4) == 3 and workers.available(2) == 2 and workers.available(1) == 1
+
+
 def _summary(**figures: float) -> eval_store.Summary:
     return {"loo": {"validation": {m: {"ndcg@10": v} for m, v in figures.items()}}}
 

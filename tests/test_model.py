@@ -538,3 +538,31 @@ def test_refit_learns_from_the_examples_held_out_to_choose_the_epoch() -> None:
     third, _ = train.fit(text, hist, target, dataclasses.replace(cfg, refit=True))
     s1, s2 = again.state_dict(), third.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplog) -> None:
+    """The refit in a spawned process (told the best epoch as the choice goes, the one to
+    keep at the end) trains exactly the weights it trains after the choice, here."""
+    rng = np.random.default_rng(5)
+    n = 40
+    text = rng.normal(size=(n, 8)).astype(np.float32)
+    hist = rng.integers(1, n + 1, (600, 3))
+    target = (hist[:, -1] % n) + 1  # learnable: the next item after the last
+    cfg = TrainConfig(
+        dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
+        neighbours=0, batch_size=64, negatives=0, dropout=0.3,
+    )  # fmt: skip
+    here, _ = train.fit(text, hist, target, cfg)
+    assert not here.fit_info["refit_beside"]
+    monkeypatch.setattr(train, "PARALLEL_EXAMPLES", 0)
+    monkeypatch.setenv("NIGHTREC_WORKERS", "2")
+    monkeypatch.setattr("nightrec.workers.cpus", lambda: 2)  # one torch thread each, as here
+    with caplog.at_level("INFO", logger="nightrec.train"):
+        beside, _ = train.fit(text, hist, target, cfg)
+    assert beside.fit_info["refit_beside"]
+    assert beside.fit_info["best_epoch"] == here.fit_info["best_epoch"]
+    assert torch.get_num_threads() == 1  # given back
+    s1, s2 = here.state_dict(), beside.state_dict()
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    lines = [r.getMessage() for r in caplog.records if r.processName == "refit"]
+    assert any("refit epoch 1 loss" in m for m in lines)  # the worker's log, here
