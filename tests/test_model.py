@@ -550,10 +550,14 @@ def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplo
     target = (hist[:, -1] % n) + 1  # learnable: the next item after the last
     cfg = TrainConfig(
         dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
-        neighbours=0, batch_size=64, negatives=0, dropout=0.3,
+        neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=2,
     )  # fmt: skip
     here, _ = train.fit(text, hist, target, cfg)
     assert not here.fit_info["refit_beside"]
+    # both cooldown epochs raised the held-out NDCG@10, so both were kept (and refitted)
+    info = here.fit_info
+    assert info["cooldown_epochs"] == 2 and info["epochs_run"] == info["best_epoch"] + 2
+    assert info["valid_ndcg10"] > info["valid_ndcg10_before_cooldown"]
     monkeypatch.setattr(train, "PARALLEL_EXAMPLES", 0)
     monkeypatch.setenv("NIGHTREC_WORKERS", "2")
     monkeypatch.setattr("nightrec.workers.cpus", lambda: 2)  # one torch thread each, as here
@@ -561,8 +565,31 @@ def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplo
         beside, _ = train.fit(text, hist, target, cfg)
     assert beside.fit_info["refit_beside"]
     assert beside.fit_info["best_epoch"] == here.fit_info["best_epoch"]
+    assert beside.fit_info["cooldown_epochs"] == 2
     assert torch.get_num_threads() == 1  # given back
     s1, s2 = here.state_dict(), beside.state_dict()
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     lines = [r.getMessage() for r in caplog.records if r.processName == "refit"]
     assert any("refit epoch 1 loss" in m for m in lines)  # the worker's log, here
+    assert any("refit cooldown epoch 2 loss" in m for m in lines)
+
+
+def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
+    """With no cooldown the fit is the plain one; a cooldown that cannot help (a learning
+    rate too small to move the weights) is tried and dropped: the same weights as none."""
+    rng = np.random.default_rng(6)
+    n = 40
+    text = rng.normal(size=(n, 8)).astype(np.float32)
+    hist = rng.integers(1, n + 1, (600, 3))
+    target = (hist[:, -1] % n) + 1
+    cfg = TrainConfig(
+        dim=8, max_history=3, epochs=4, patience=2, valid_share=0.2, min_valid=10,
+        neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=0,
+    )  # fmt: skip
+    plain, _ = train.fit(text, hist, target, cfg)
+    assert plain.fit_info["cooldown_epochs"] == 0
+    tiny, _ = train.fit(text, hist, target, dataclasses.replace(cfg, cooldown=1, cooldown_lr=1e-12))
+    assert tiny.fit_info["cooldown_epochs"] == 0
+    assert tiny.fit_info["valid_ndcg10"] == plain.fit_info["valid_ndcg10"]
+    s1, s2 = plain.state_dict(), tiny.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
