@@ -11,9 +11,17 @@ the examples is held out, the held-out examples are ranked over the whole catalo
 every epoch, and training stops when their NDCG@10 has not improved for ``patience``
 epochs, at ``epochs``, or when the next epoch would overrun ``max_train_seconds``. The
 model kept is the best epoch's (its checkpoint): it never trained on the held-out
-examples, which are a random few percent of positions, not the latest ones. The same
-snapshot and config give the same weights, unless the time budget (a wall-clock guard)
-ended training: the log warns and the manifest's ``stopped_by`` says so.
+examples, which are a random few percent of positions, not the latest ones. From it,
+up to ``cooldown`` epochs at ``lr x cooldown_lr`` follow, each kept only if it raises the
+held-out NDCG@10 (the time budget keeps room for them). The same snapshot and config
+give the same weights, unless the time budget (a wall-clock guard) ended training: the
+log warns and the manifest's ``stopped_by`` says so.
+
+The refit (``refit``) then trains the same recipe from scratch on every example for the
+chosen epochs and cooldown epochs, with random streams of its own. On a host with two or
+more CPUs and enough examples it runs in a process beside the epoch choice
+(``_Beside``): told the best epoch so far, it keeps the states that may still be chosen,
+and gives the same weights as when it runs after the choice.
 
 Ties: histories are in (first_ts, item_id) order, so items that share a timestamp
 always come in the same order; an example's history holds only items before its target
