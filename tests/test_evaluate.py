@@ -334,7 +334,6 @@ def test_a_version_evaluated_before_is_not_fitted_again(settings: Settings, eval
     assert not any("figures reused" in r.getMessage() for r in caplog.records)
 
 
-
 def test_parts_in_worker_processes_give_the_same_figures(
     settings: Settings, evaluated, monkeypatch, caplog
 ) -> None:
