@@ -21,6 +21,11 @@ the user's last item and a co-occurrence table read from every history item, as 
 sparse scatter-add onto the dense row; their weights are part of the buffers (zero:
 the encoder alone).
 
+A served model may be a pair (``twin``): the refit and the model that chose the epoch,
+two members trained from different seeds. Its item vector is both members' side by side
+[2 · dim], its user vector both members' halved, so that the score is the mean of the
+two members' scores (the neighbour terms added once, by the first member's tables).
+
 ``TopNScorer`` fuses user encoding, inner products with every item, the neighbour
 terms, masking of seen and inactive items, top-N and the "because of" history item into
 one graph, which is what gets exported to ONNX and run for every user.
@@ -91,19 +96,36 @@ class Encoder(nn.Module):
         self.register_buffer(
             "strength_map", torch.zeros(STRENGTH_CODES, dtype=torch.int64), persistent=True
         )
+        self.twin: Encoder | None = None  # the pair's second member (``pair_with``)
 
     @classmethod
     def from_state(cls, state: dict, cfg: TrainConfig) -> Encoder:
         """An encoder from a saved ``state_dict`` (neighbour tables of any width; one saved
-        before strengths reads none)."""
+        before strengths reads none; a pair's ``twin.*`` entries make it a pair)."""
         model = cls(state["text"], cfg)
         for name in NEIGHBOUR_BUFFERS:
             if name in state:
                 setattr(model, name, state[name].clone())
+        if any(k.startswith("twin.") for k in state):
+            model.twin = cls(model.text, cfg)
+            state = {"twin.strength": model.twin.strength} | state
         state = {"strength": model.strength, "strength_map": model.strength_map} | state
         model.load_state_dict(state)
         model.fused = bool(model.next_w.any() or model.near_w.any())
         return model.eval()
+
+    @torch.no_grad()
+    def pair_with(self, other: Encoder) -> None:
+        """Serve the mean of this model's and ``other``'s scores (same catalog and config);
+        this model's neighbour tables stay the pair's, ``other``'s own are dropped."""
+        if other.text.shape != self.text.shape or other.cfg.dim != self.cfg.dim:
+            raise ValueError("pair_with: the two members differ in catalog or width")
+        for name in NEIGHBOUR_BUFFERS:
+            old = getattr(other, name)
+            setattr(other, name, torch.zeros((old.shape[0], 1), dtype=old.dtype))
+        other.fused = False
+        other.text = self.text  # one buffer, saved once
+        self.twin = other.eval()
 
     def set_neighbours(self, tables, a: float, b: float) -> None:
         """Use ``fusion.Tables`` with weights ``a`` (transitions) and ``b`` (co-occurrence)."""
@@ -145,6 +167,13 @@ class Encoder(nn.Module):
         ``keep``: [M + 1] float, 1 where an item keeps its id part and 0 where it is
         dropped (training only; None keeps every id part).
         """
+        own = self._items(idx, keep)
+        if self.twin is None:
+            return own
+        return torch.cat([own, self.twin.item_vectors(idx, keep)], dim=-1)  # [..., 2 dim]
+
+    def _items(self, idx: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+        """``item_vectors`` of this member alone: [..., dim]."""
         ids = self.item_id.weight if keep is None else self.item_id.weight * keep.unsqueeze(1)
         if idx is None:
             return self.proj(self.text) + ids
@@ -184,19 +213,32 @@ class Encoder(nn.Module):
         keep: torch.Tensor | None = None,
         strength: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim].
+        """history: [B, L] item indices, most recent last, left-padded with 0 -> [B, dim]
+        ([B, 2 · dim] for a pair).
 
         ``items``: [M + 1, dim] precomputed item vectors (None: computed for ``history``,
         with ``keep`` as in ``item_vectors``). A history item reads as its item vector
         plus its ``next_id`` part plus its strength's vector (``strength``: [B, L] codes
-        beside ``history``; None: none known).
+        beside ``history``; None: none known). A pair: both members' vectors, halved.
         """
+        if self.twin is not None:
+            d = self.cfg.dim
+            first, second = (None, None) if items is None else (items[:, :d], items[:, d:])
+            return 0.5 * torch.cat(
+                [
+                    self._user(history, first, keep, strength),
+                    self.twin.user_vectors(history, second, keep, strength),
+                ],
+                dim=-1,
+            )
+        return self._user(history, items, keep, strength)
+
+    def _user(self, history, items, keep, strength) -> torch.Tensor:
+        """``user_vectors`` of this member alone: [B, dim]."""
         # an embedding lookup, not items[history]: its backward on CPU is deterministic, the
         # indexing one accumulates in thread order (training would not repeat bit for bit)
         hv = (
-            self.item_vectors(history, keep)
-            if items is None
-            else nn.functional.embedding(history, items)
+            self._items(history, keep) if items is None else nn.functional.embedding(history, items)
         ) + self.next_id(history)  # [B, L, dim]
         if strength is not None:
             codes = self.strength_map[strength]  # 0 (the zero row, never trained) if unread

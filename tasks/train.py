@@ -18,10 +18,11 @@ give the same weights, unless the time budget (a wall-clock guard) ended trainin
 log warns and the manifest's ``stopped_by`` says so.
 
 The refit (``refit``) then trains the same recipe from scratch on every example for the
-chosen epochs and cooldown epochs, with random streams of its own. On a host with two or
-more CPUs and enough examples it runs in a process beside the epoch choice
-(``_Beside``): told the best epoch so far, it keeps the states that may still be chosen,
-and gives the same weights as when it runs after the choice.
+chosen epochs and cooldown epochs, with random streams of its own. With ``ensemble`` the
+served model is the pair of the two (``Encoder.pair_with``): the mean of their scores. On
+a host with two or more CPUs and enough examples it runs in a process beside the epoch
+choice (``_Beside``): told the best epoch so far, it keeps the states that may still be
+chosen, and gives the same weights as when it runs after the choice.
 
 Ties: histories are in (first_ts, item_id) order, so items that share a timestamp
 always come in the same order; an example's history holds only items before its target
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 # bumped when the same data and config would train a different model (a new loss, fusion);
 # 2: dropout, refit, cold items borrow; 3: ids only; 4: strengths; 5: the refit's own random
 # streams (it may train beside the epoch choice)
-METHOD = "encoder+neighbours-5"
+METHOD = "encoder+neighbours-6"
 STRENGTH = "first_strength"  # the snapshot's column of strength codes
 
 
@@ -354,6 +355,9 @@ def fit(
             for name in NEIGHBOUR_BUFFERS:
                 setattr(model, name, getattr(chosen, name))
             model.fused = chosen.fused
+            if cfg.ensemble:
+                model.pair_with(chosen)
+                log.info("train: serving the mean of the refit's and the chosen model's scores")
             refit_seconds = round(time.perf_counter() - t0, 2)
         model.fit_info = {
             "epochs_run": len(losses),
@@ -370,6 +374,7 @@ def fit(
             "fusion": fused,
             "refit_seconds": refit_seconds,  # after the epoch choice (the wait, when beside it)
             "refit_beside": refit is not None,
+            "ensemble": model.twin is not None,
             "fit_seconds": round(time.perf_counter() - started, 2),
         }
         log.info(
@@ -467,7 +472,8 @@ def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epo
 
     from nightrec.model import Encoder
 
-    torch.manual_seed(cfg.seed)
+    # a pair's members start apart: their mean gains most when they differ
+    torch.manual_seed(cfg.seed + 1 if cfg.ensemble else cfg.seed)
     model = Encoder(text_emb, cfg)
     model.strength_map.copy_(strength_map)  # the codes the epoch was chosen with
     opt = _optimizer(model, cfg)

@@ -46,21 +46,29 @@ def _random_histories(rng: np.random.Generator, n: int, length: int) -> np.ndarr
     return hist
 
 
-@pytest.fixture(scope="module", params=["encoder", "fused", "attention"])
+def _random_encoder(text: torch.Tensor, cfg: TrainConfig) -> Encoder:
+    model = Encoder(text, cfg).eval()
+    with torch.no_grad():  # make the MLP and the attention blocks matter: default init is small
+        for p in [*model.user_mlp.parameters(), *model.blocks.parameters()]:
+            p.mul_(3.0)
+    return model
+
+
+@pytest.fixture(scope="module", params=["encoder", "fused", "attention", "pair"])
 def exported(request, tmp_path_factory) -> tuple[Encoder, Path]:
     """A random (untrained) encoder exported as version ``v-parity``; "fused" adds
     neighbour tables counted from random examples (the scatter-add in the graph);
-    "attention" is the self-attention user encoder (two heads)."""
+    "attention" is the self-attention user encoder (two heads); "pair" is a fused encoder
+    paired with a second one (``Encoder.pair_with``: the mean of both members' scores)."""
     torch.manual_seed(0)
     text = torch.randn(N_ITEMS + 1, TEXT_DIM)
     text[0] = 0.0
     cfg = PARITY_CFG
     if request.param == "attention":
         cfg = dataclasses.replace(PARITY_CFG, user_encoder="attention", heads=2)
-    model = Encoder(text, cfg).eval()
-    with torch.no_grad():  # make the MLP and the attention blocks matter: default init is small
-        for p in [*model.user_mlp.parameters(), *model.blocks.parameters()]:
-            p.mul_(3.0)
+    model = _random_encoder(text, cfg)
+    if request.param == "pair":
+        model.pair_with(_random_encoder(text, cfg))
     models = tmp_path_factory.mktemp("models")
     index = pl.DataFrame(
         {
@@ -69,7 +77,7 @@ def exported(request, tmp_path_factory) -> tuple[Encoder, Path]:
         }
     )
     example = _random_histories(np.random.default_rng(0), 8, PARITY_CFG.max_history)
-    if request.param == "fused":
+    if request.param in ("fused", "pair"):
         rng = np.random.default_rng(1)
         hist = _random_histories(rng, 200, PARITY_CFG.max_history)
         target = rng.integers(1, N_ITEMS + 1, 200)
@@ -572,6 +580,46 @@ def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplo
     lines = [r.getMessage() for r in caplog.records if r.processName == "refit"]
     assert any("refit epoch 1 loss" in m for m in lines)  # the worker's log, here
     assert any("refit cooldown epoch 2 loss" in m for m in lines)
+
+
+def test_a_pair_serves_the_mean_of_the_refit_and_the_chosen_model() -> None:
+    """With ``ensemble`` the served model is the refit paired with the model that chose the
+    epoch: its score is the mean of the two members' scores plus the neighbour terms once,
+    and it saves and loads as a pair."""
+    rng = np.random.default_rng(8)
+    n = 40
+    text = rng.normal(size=(n, 8)).astype(np.float32)
+    hist = rng.integers(1, n + 1, (600, 3))
+    target = (hist[:, -1] % n) + 1
+    cfg = TrainConfig(
+        dim=8, max_history=3, epochs=3, patience=2, valid_share=0.2, min_valid=10,
+        neighbours=5, batch_size=64, negatives=0, dropout=0.3,
+    )  # fmt: skip
+    single, _ = train.fit(text, hist, target, dataclasses.replace(cfg, ensemble=False))
+    pair, _ = train.fit(text, hist, target, cfg)
+    assert single.twin is None and not single.fit_info["ensemble"]
+    assert pair.twin is not None and pair.fit_info["ensemble"]
+    # the second member is the model that chose the epoch (as without a refit); the refit
+    # starts from another seed than it does alone
+    alone, _ = train.fit(text, hist, target, dataclasses.replace(cfg, refit=False))
+    chosen = pair.twin
+    assert torch.equal(chosen.item_id.weight, alone.item_id.weight)
+    assert torch.equal(chosen.user_mlp[0].weight, alone.user_mlp[0].weight)
+    assert not torch.equal(pair.item_id.weight, single.item_id.weight)
+    h = torch.from_numpy(hist[:50])
+    with torch.no_grad():
+        items = pair.item_vectors()
+        assert items.shape == (n + 1, 2 * cfg.dim)
+        got = pair.scores(h, items)
+        first = pair._user(h, items[:, : cfg.dim], None, None) @ items[:, : cfg.dim].T
+        second = chosen.user_vectors(h) @ chosen.item_vectors().T
+        want = pair.add_neighbours(h, (first + second) / 2)
+        assert pair.fused and not chosen.fused  # the pair's tables, added once
+        assert torch.allclose(got, want, atol=1e-5)
+    again = Encoder.from_state(pair.state_dict(), cfg)
+    assert again.twin is not None
+    with torch.no_grad():
+        assert torch.equal(again.scores(h, again.item_vectors()), got)
 
 
 def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
