@@ -21,10 +21,13 @@ peak RSS is its own:
 The floor, faiss and the core run on the first ``--sample`` users (users/s does not
 depend on how many); the end-to-end step scores every user. The model is an untrained
 encoder over random text vectors exported like a trained one: speed does not depend on
-the weights.
+the weights. ``--pair``: the model is a pair of two such encoders, as training serves by
+default (``TrainConfig.ensemble``): vectors 2 x d wide, so the floor and faiss multiply
+2 x d too.
 
     python bench/score.py                                 # 100k x 50k and 1M x 100k
     python bench/score.py --scales 100000:50000 --sample 50000
+    python bench/score.py --scales 100000:50000 --pair    # the served pair (2 x d)
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def prepare(users: int, items: int, work: Path) -> None:
+def prepare(users: int, items: int, work: Path, pair: bool = False) -> None:
     """A snapshot (histories of 1..60 items, mean ~8) and an exported model in ``work``."""
     import polars as pl
     import torch
@@ -96,6 +99,11 @@ def prepare(users: int, items: int, work: Path) -> None:
     model = Encoder(text, cfg).eval()
     with torch.no_grad():
         model.item_id.weight.normal_(0, 0.5)
+    if pair:
+        second = Encoder(text, cfg).eval()
+        with torch.no_grad():
+            second.item_id.weight.normal_(0, 0.5)
+        model.pair_with(second)
     # neighbour tables as training counts them (from the first 200k users' histories), so
     # that the graph has the scatter-add a trained model usually has
     seqs = load_sequences(
@@ -180,7 +188,7 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
         import faiss
 
         faiss.omp_set_num_threads(os.cpu_count() or 1)
-        index = faiss.IndexFlatIP(DIM)
+        index = faiss.IndexFlatIP(items.shape[1])
         index.add(np.ascontiguousarray(items[1:]))  # faiss id j = item index j + 1
         t = time.perf_counter()
         for u, (_, seen) in zip(users, batches, strict=True):
@@ -331,6 +339,7 @@ def main() -> None:
         "--sample", type=int, default=100_000, help="users timed for floor, faiss, core"
     )
     ap.add_argument("--workdir", type=Path, help="keep the snapshots and models here")
+    ap.add_argument("--pair", action="store_true", help="a pair of encoders, as served")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # worker: prepare | floor | ... with --scale
     ap.add_argument("--scale", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -338,7 +347,7 @@ def main() -> None:
         users, items = map(int, args.scale.split(":"))
         work = args.workdir
         if args.part == "prepare":
-            prepare(users, items, work)
+            prepare(users, items, work, args.pair)
             res: dict = {"ok": True}
         elif args.part == "end-to-end":
             res = run_end_to_end(work)
@@ -351,10 +360,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="nightrec-bench-score-") as tmp:
         for scale in args.scales.split(","):
-            work = (args.workdir or Path(tmp)) / scale.replace(":", "x")
+            work = (args.workdir or Path(tmp)) / (scale.replace(":", "x") + "-pair" * args.pair)
             common = ["--scale", scale, "--workdir", str(work), "--sample", str(args.sample)]
+            common += ["--pair"] * args.pair
             child(["--part", "prepare", *common])
-            row = {"scale": scale.replace(":", " x ")}
+            row = {"scale": scale.replace(":", " x ") + " (pair)" * args.pair}
             for part in PARTS + PUBLISH:
                 row[part] = child(["--part", part, *common])
             rows.append(row)

@@ -59,8 +59,15 @@ def _split(snap: Path, hide: float = 0.0):
     split = splits.make_split(inter, active, "loo", "test")
     hidden = np.zeros(len(active), dtype=bool)
     if hide > 0:
-        m = len(active) - 1
-        hidden[np.random.default_rng(1).choice(m, round(hide * m), replace=False) + 1] = True
+        # the items ``quality.py --cold-share`` hides: its seeded draw over items.tsv's ids
+        import polars as pl
+        from quality import BEAUTY
+
+        ids = pl.read_csv(
+            BEAUTY / "items.tsv", separator="\t", quote_char=None, infer_schema=False
+        )["p5_item_id"].to_numpy()
+        drawn = np.random.default_rng(0).choice(ids, round(hide * len(ids)), replace=False)
+        hidden[catalog.filter(pl.col("item_id").is_in(drawn.tolist()))["idx"].to_numpy()] = True
         s = split.train
         keep = ~hidden[s.seq]
         owner = np.repeat(np.arange(len(s.starts)), s.ends - s.starts)
@@ -106,9 +113,9 @@ def fit(home: Path, name: str, pairs: list[str]) -> None:
     print(json.dumps(info))
 
 
-def _reborrow(model, text, known, k: int, temp: float) -> None:
+def _reborrow(model, text, known, k: int, temp: float, mult: float = 1.0) -> None:
     """Cold items' id parts again, from their ``k`` closest known items by text cosine:
-    weights softmax(cos / temp) over those k, scaled by the closest cosine."""
+    weights softmax(cos / temp) over those k, scaled by the closest cosine (x ``mult``)."""
     import numpy as np
     import torch
 
@@ -119,7 +126,7 @@ def _reborrow(model, text, known, k: int, temp: float) -> None:
     top = np.argsort(-cos, axis=1, kind="stable")[:, :k]
     c = np.take_along_axis(cos, top, 1)
     w = np.exp((c - c[:, :1]) / temp)
-    w = w / w.sum(1, keepdims=True) * np.clip(c[:, :1], 0, 1)
+    w = w / w.sum(1, keepdims=True) * np.clip(c[:, :1] * mult, 0, 1)
     with torch.no_grad():
         ids = model.item_id.weight
         ids[torch.from_numpy(cold)] = torch.einsum(
@@ -150,11 +157,12 @@ def score(home: Path, names: list[str], hide: float) -> None:
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()}
             )
             model = Encoder.from_state(saved["state"], cfg)
-            if variant:  # e.g. k5t0.05: borrow from 5 donors, softmax temperature 0.05
+            if variant:  # e.g. k5t0.05m1.5: 5 donors, softmax temperature 0.05, x 1.5
+                variant, _, mult = variant.partition("m")
                 k, _, temp = variant[1:].partition("t")
                 hist, target, _ = train.training_examples(split.train, cfg)
                 known = train._known(hist, target, len(active))
-                _reborrow(model, text, known, int(k), float(temp or 1e9))
+                _reborrow(model, text, known, int(k), float(temp or 1e9), float(mult or 1))
             cand = Candidate(model, split.train, cfg.max_history)
             parts = [cand.scores(rows[lo : lo + 1024]) for lo in range(0, len(rows), 1024)]
             cache[name] = np.vstack(parts)

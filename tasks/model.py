@@ -197,12 +197,13 @@ class Encoder(nn.Module):
         self.next_id.weight[~known] = 0.0
 
     @torch.no_grad()
-    def borrow_ids(self, borrow) -> None:
-        """Cold items (``fusion.Borrow``) take their donor's id part scaled by the text
-        cosine: ``W · text`` places them, the donor's id says how that kind of item is used."""
+    def borrow_ids(self, borrow, scale: float = 1.0) -> None:
+        """Cold items (``fusion.Borrow``) take min(1, ``scale`` x text cosine) of their
+        donor's id part: ``W · text`` places them, the donor's id says how that kind of item
+        is used."""
         if len(borrow.cold) == 0:
             return
-        sim = torch.from_numpy(borrow.sim).unsqueeze(1)
+        sim = torch.from_numpy(borrow.sim).unsqueeze(1).mul(scale).clamp(max=1.0)
         donor = torch.from_numpy(borrow.donor)
         self.item_id.weight[torch.from_numpy(borrow.cold)] = sim * self.item_id.weight[donor]
 

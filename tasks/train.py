@@ -318,7 +318,7 @@ def fit(
             known = _known(h, t, n_items)
             model.forget_ids(torch.from_numpy(known))
             if cfg.cold_borrow:
-                model.borrow_ids(fusion.donors(text, known))
+                model.borrow_ids(fusion.donors(text, known), cfg.cold_borrow_scale)
             return known
 
         known = place_cold(model, hist[~valid], target[~valid])

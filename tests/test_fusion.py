@@ -108,6 +108,11 @@ def test_a_cold_item_borrows_its_donors_id_part_scaled_by_the_cosine() -> None:
     model.borrow_ids(fusion.Borrow(np.array([4]), np.array([2]), np.array([0.5], np.float32)))
     assert torch.allclose(model.item_id.weight[4], 0.5 * model.item_id.weight[2])
     assert not model.next_id.weight[4].any()  # never read in a history: nothing to borrow
+    # scaled: min(1, scale x cosine) of it, never more than the donor's own
+    model.borrow_ids(fusion.Borrow(np.array([4]), np.array([2]), np.array([0.5], np.float32)), 1.5)
+    assert torch.allclose(model.item_id.weight[4], 0.75 * model.item_id.weight[2])
+    model.borrow_ids(fusion.Borrow(np.array([4]), np.array([3]), np.array([0.8], np.float32)), 1.5)
+    assert torch.allclose(model.item_id.weight[4], model.item_id.weight[3])
 
 
 def _brute_force_ndcg(model, hist, target, unit, a: float, b: float) -> float:

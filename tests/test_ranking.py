@@ -147,7 +147,10 @@ def test_similar_items_two_stage_matches_a_full_sort() -> None:
     items, sim, cos = ranking.similar_items(m, active, 10, max_cells=1 << 16)
     unit = m / np.linalg.norm(m, axis=1, keepdims=True)
     cols = np.flatnonzero(active)
-    full = (unit[items] @ unit[cols].T).astype(np.float32)
+    # in float64, then rounded: a float32 product may give two equal columns values an ulp
+    # apart (numpy 2.4's kernels do, by the column's place), which is no tie to sort by index
+    wide = unit.astype(np.float64)
+    full = (wide[items] @ wide[cols].T).astype(np.float32)
     full[np.arange(len(items)), np.searchsorted(cols, items)] = -np.inf
     ref = _reference_top_k(full, 10)
     assert np.array_equal(sim, cols[ref])
