@@ -10,6 +10,9 @@ side on a 2-core host.
     python bench/tune.py fit base                    # the defaults
     python bench/tune.py fit neg8k negatives=8192 seed=8
     python bench/tune.py score base neg8k base+neg8k # NDCG@10 / HR@10, '+': summed scores
+    python bench/tune.py fit cold hide=0.05          # quality.py --cold-share's items hidden
+    python bench/tune.py --hide 0.05 score cold cold:k1m1.5   # cold vs warm HR@50; ':'
+        # re-borrows the cold items' id parts: k donors, softmax temperature t, scale m
 
 A fit saves its weights to ``<home>/tune/<name>.pt``; ``score`` ranks the saved models
 (and sums of them) over every active item, the user's training items excluded.
