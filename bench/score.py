@@ -96,14 +96,12 @@ def prepare(users: int, items: int, work: Path, pair: bool = False) -> None:
     torch.manual_seed(0)
     text = torch.randn(items + 1, TEXT_DIM)
     text[0] = 0.0
-    model = Encoder(text, cfg).eval()
+    model, *second = (Encoder(text, cfg).eval() for _ in range(1 + pair))
     with torch.no_grad():
-        model.item_id.weight.normal_(0, 0.5)
-    if pair:
-        second = Encoder(text, cfg).eval()
-        with torch.no_grad():
-            second.item_id.weight.normal_(0, 0.5)
-        model.pair_with(second)
+        for member in (model, *second):
+            member.item_id.weight.normal_(0, 0.5)
+    if second:
+        model.pair_with(second[0])
     # neighbour tables as training counts them (from the first 200k users' histories), so
     # that the graph has the scatter-add a trained model usually has
     seqs = load_sequences(

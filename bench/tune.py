@@ -88,9 +88,10 @@ def _config(pairs: list[str]):
     over = {}
     for pair in pairs:
         key, _, raw = pair.partition("=")
+        if key not in fields:
+            raise SystemExit(f"not a TrainConfig field: {key}")
         kind = type(getattr(TrainConfig(), key))
         over[key] = raw.lower() in ("1", "true", "on") if kind is bool else kind(raw)
-        assert key in fields
     return TrainConfig(**over)
 
 

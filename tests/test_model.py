@@ -548,14 +548,20 @@ def test_refit_learns_from_the_examples_held_out_to_choose_the_epoch() -> None:
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
+def _next_item_examples(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text [n, 8], histories [600, 3] of items 1..n, targets): learnable, the next item
+    after the last one."""
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(n, 8)).astype(np.float32)
+    hist = rng.integers(1, n + 1, (600, 3))
+    return text, hist, (hist[:, -1] % n) + 1
+
+
 def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplog) -> None:
     """The refit in a spawned process (told the best epoch as the choice goes, the one to
     keep at the end) trains exactly the weights it trains after the choice, here."""
-    rng = np.random.default_rng(5)
     n = 40
-    text = rng.normal(size=(n, 8)).astype(np.float32)
-    hist = rng.integers(1, n + 1, (600, 3))
-    target = (hist[:, -1] % n) + 1  # learnable: the next item after the last
+    text, hist, target = _next_item_examples(5, n)
     cfg = TrainConfig(
         dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
         neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=2,
@@ -586,11 +592,8 @@ def test_a_pair_serves_the_mean_of_the_refit_and_the_chosen_model() -> None:
     """With ``ensemble`` the served model is the refit paired with the model that chose the
     epoch: its score is the mean of the two members' scores plus the neighbour terms once,
     and it saves and loads as a pair."""
-    rng = np.random.default_rng(8)
     n = 40
-    text = rng.normal(size=(n, 8)).astype(np.float32)
-    hist = rng.integers(1, n + 1, (600, 3))
-    target = (hist[:, -1] % n) + 1
+    text, hist, target = _next_item_examples(8, n)
     cfg = TrainConfig(
         dim=8, max_history=3, epochs=3, patience=2, valid_share=0.2, min_valid=10,
         neighbours=5, batch_size=64, negatives=0, dropout=0.3,
@@ -625,11 +628,8 @@ def test_a_pair_serves_the_mean_of_the_refit_and_the_chosen_model() -> None:
 def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
     """With no cooldown the fit is the plain one; a cooldown that cannot help (a learning
     rate too small to move the weights) is tried and dropped: the same weights as none."""
-    rng = np.random.default_rng(6)
     n = 40
-    text = rng.normal(size=(n, 8)).astype(np.float32)
-    hist = rng.integers(1, n + 1, (600, 3))
-    target = (hist[:, -1] % n) + 1
+    text, hist, target = _next_item_examples(6, n)
     cfg = TrainConfig(
         dim=8, max_history=3, epochs=4, patience=2, valid_share=0.2, min_valid=10,
         neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=0,
