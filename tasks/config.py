@@ -162,6 +162,10 @@ class TrainConfig:
     max_train_seconds: float = 300.0
     batch_size: int = 512
     lr: float = 3e-3
+    # epoch e (from 0) trains at lr x lr_decay^e. Beauty's validation item (two seeds, no
+    # refit): NDCG@10 0.0748 / 0.0742 at 1 (none), 0.0766 / 0.0750 at 0.8; with 5% of items
+    # hidden 0.0714 against 0.0699
+    lr_decay: float = 0.8
     weight_decay: float = 1e-6
     id_dropout: float = 0.2  # chance an item's id part is dropped in a step: text must carry it
     # dropout on the history's item vectors while training: Beauty's validation NDCG@10
@@ -222,6 +226,7 @@ class TrainConfig:
         check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
         check_number("valid_share", self.valid_share, 0.0, 0.5)
         check_number("cooldown_lr", self.cooldown_lr, 0.0, 1.0, lo_open=True)
+        check_number("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
         check_number("max_train_seconds", self.max_train_seconds, 0.0, 7 * 86_400.0, lo_open=True)
         check_number("id_dropout", self.id_dropout, 0.0, 1.0)
         check_number("cold_borrow_scale", self.cold_borrow_scale, 0.0, 100.0)

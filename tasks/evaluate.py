@@ -5,7 +5,10 @@ trained with the given ``TrainConfig`` on the part's training data only (the exp
 model, trained on everything, is never evaluated: it has seen the targets) and ranks
 every item for each evaluated user with PyTorch, masked as production scores: padding,
 inactive items and the user's own items never ranked, popularity for users without
-training items. The baselines (``baselines``) rank the same users on the same split.
+training items. Parts whose training data are the same (a digest of their histories)
+share one fit: training is deterministic, so a second fit would give the same model
+(Beauty's time cut falls on each user's last item: its four fits were two). The baselines
+(``baselines``) rank the same users on the same split.
 
 Every figure becomes a row of ``eval_metrics`` (``eval_store``), and the run's
 ``reports/<run_id>/evaluation.json`` holds the summary and the split counts.
@@ -273,23 +276,44 @@ def evaluate(
     evaluated_at = dt.datetime.now(dt.UTC)
     as_of = _as_of(snapshot_dir)
     parts = [(protocol, part) for protocol in eval_cfg.protocols for part in splits.PARTS]
-    # the four fits are the cost: side by side on the host's cores unless the data is small
+    inputs = _Inputs.load(snapshot_dir, rule_cfg)
+    # parts whose training data are the same train the same model (training is
+    # deterministic): one fit for each group (Beauty's loo and time splits coincide)
+    groups: dict[str, list[int]] = {}
+    for i, (protocol, part) in enumerate(parts):
+        split = splits.make_split(inputs.inter, inputs.active, protocol, part, eval_cfg)
+        groups.setdefault(_training_key(split), []).append(i)
+    fits = list(groups.values())
+    # the fits are the cost: side by side on the host's cores unless the data is small
     # (a worker's start, ~3 s of imports, would cost more than it saves)
-    procs = workers.available(len(parts)) if _events(snapshot_dir) >= PARALLEL_EVENTS else 1
+    procs = workers.available(len(fits)) if _events(snapshot_dir) >= PARALLEL_EVENTS else 1
     if procs > 1:
+        del inputs  # each worker loads its own
         # the test parts first: they train on more (each user's validation item too), and
         # starting the longest fits first ends the last one sooner (Beauty, two workers:
         # 224 + 158 s and 232 + 161 s instead of 158 + 161 and 224 + 232)
-        order = sorted(range(len(parts)), key=lambda i: parts[i][1] != "test")
+        fits.sort(key=lambda g: all(parts[i][1] != "test" for i in g))
         jobs = [
-            (_part_in_worker, (snapshot_dir, rule_cfg, *parts[i], cfg, eval_cfg, rank_cfg))
-            for i in order
+            (
+                _parts_in_worker,
+                (snapshot_dir, rule_cfg, [parts[i] for i in g], cfg, eval_cfg, rank_cfg),
+            )
+            for g in fits
         ]
-        done = dict(zip(order, workers.run(jobs, procs), strict=True))
-        results = [done[i] for i in range(len(parts))]
+        done = {
+            i: r
+            for g, out in zip(fits, workers.run(jobs, procs), strict=True)
+            for i, r in zip(g, out, strict=True)
+        }
     else:
-        inputs = _Inputs.load(snapshot_dir, rule_cfg)
-        results = [_part(inputs, p, q, cfg, eval_cfg, rank_cfg) for p, q in parts]
+        done = {
+            i: r
+            for g in fits
+            for i, r in zip(
+                g, _parts(inputs, [parts[i] for i in g], cfg, eval_cfg, rank_cfg), strict=True
+            )
+        }
+    results = [done[i] for i in range(len(parts))]
     frames, details = [], {}
     for (protocol, part), (rows, counts) in zip(parts, results, strict=True):
         details[f"{protocol}/{part}"] = counts
@@ -378,47 +402,82 @@ class _Inputs:
         return cls(catalog, text, active, inter, removals)
 
 
-def _part(
+def _training_key(split: splits.Split) -> str:
+    """A digest of a split's training histories: the same digest, the same fitted model."""
+    import hashlib
+
+    t = split.train
+    h = hashlib.sha256()
+    for a in (t.seq, t.starts, t.ends, t.codes if t.codes is not None else np.zeros(0)):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        h.update(b"|")
+    h.update("\n".join(t.user_ids).encode())
+    return h.hexdigest()
+
+
+def _parts(
     inputs: _Inputs,
-    protocol: str,
-    part: str,
+    parts: list[tuple[str, str]],
     cfg: TrainConfig,
     eval_cfg: EvalConfig,
     rank_cfg: RankConfig | None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``evaluate_split`` of one part of one protocol."""
-    split = splits.make_split(inputs.inter, inputs.active, protocol, part, eval_cfg)
-    return evaluate_split(
-        split,
-        inputs.text,
-        inputs.active,
-        cfg,
-        eval_cfg,
-        None,
-        rank_cfg,
-        inputs.catalog,
-        inputs.removals,
-    )
+) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """``evaluate_split`` of parts (protocol, part) that share their training data: the
+    candidate is fitted once, on the first, and ranks every part's users."""
+    out = []
+    model, first, examples, fit_seconds = None, None, 0, 0.0
+    for protocol, part in parts:
+        split = splits.make_split(inputs.inter, inputs.active, protocol, part, eval_cfg)
+        candidate, own = None, False
+        if len(split.users):
+            if model is None:
+                t = time.perf_counter()
+                fitted = Candidate.fit(split, inputs.text, cfg)
+                fit_seconds = round(time.perf_counter() - t, 2)
+                model, first, examples = fitted.model, f"{protocol}/{part}", fitted.examples
+                candidate, own = fitted, True
+            else:
+                candidate = Candidate(model, split.train, cfg.max_history)
+        rows, counts = evaluate_split(
+            split,
+            inputs.text,
+            inputs.active,
+            cfg,
+            eval_cfg,
+            candidate,
+            rank_cfg,
+            inputs.catalog,
+            inputs.removals,
+        )
+        if candidate is not None:
+            counts["train_examples"] = examples
+            counts["seconds"]["fit"] = fit_seconds if own else 0.0
+            if not own:  # the same training data: the same model
+                counts["fit_shared_with"] = first
+                log.info(
+                    "evaluate: %s/%s ranks with the model fitted for %s", protocol, part, first
+                )
+        out.append((rows, counts))
+    return out
 
 
 _LOADED: dict[tuple[str, str], _Inputs] = {}  # a worker's inputs, loaded once for the parts it runs
 
 
-def _part_in_worker(
+def _parts_in_worker(
     snapshot_dir: Path,
     rule_cfg: RulesConfig | None,
-    protocol: str,
-    part: str,
+    parts: list[tuple[str, str]],
     cfg: TrainConfig,
     eval_cfg: EvalConfig,
     rank_cfg: RankConfig | None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``_part`` in a worker process (``workers.run``), which loads the snapshot itself."""
+) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """``_parts`` in a worker process (``workers.run``), which loads the snapshot itself."""
     key = (str(snapshot_dir), repr(rule_cfg))
     if key not in _LOADED:
         _LOADED.clear()
         _LOADED[key] = _Inputs.load(snapshot_dir, rule_cfg)
-    return _part(_LOADED[key], protocol, part, cfg, eval_cfg, rank_cfg)
+    return _parts(_LOADED[key], parts, cfg, eval_cfg, rank_cfg)
 
 
 def _events(snapshot_dir: Path) -> int:

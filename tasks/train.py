@@ -6,16 +6,17 @@ every position t >= 1 of every user's history (items in first-seen order; or the
 the batch's targets plus uniform negatives with a log-q correction when the catalog is
 large.
 
-How long to train is chosen on validation data every time: a seeded ``valid_share`` of
-the examples is held out, the held-out examples are ranked over the whole catalog after
-every epoch, and training stops when their NDCG@10 has not improved for ``patience``
-epochs, at ``epochs``, or when the next epoch would overrun ``max_train_seconds``. The
-model kept is the best epoch's (its checkpoint): it never trained on the held-out
-examples, which are a random few percent of positions, not the latest ones. From it,
-up to ``cooldown`` epochs at ``lr x cooldown_lr`` follow, each kept only if it raises the
-held-out NDCG@10 (the time budget keeps room for them). The same snapshot and config
-give the same weights, unless the time budget (a wall-clock guard) ended training: the
-log warns and the manifest's ``stopped_by`` says so.
+Epoch e (from 0) trains at ``lr x lr_decay^e``. How long to train is chosen on
+validation data every time: a seeded ``valid_share`` of the examples is held out, the
+held-out examples are ranked over the whole catalog after every epoch, and training stops
+when their NDCG@10 has not improved for ``patience`` epochs, at ``epochs``, or when the
+next epoch would overrun ``max_train_seconds``. The model kept is the best epoch's (its
+checkpoint): it never trained on the held-out examples, which are a random few percent of
+positions, not the latest ones. From it, up to ``cooldown`` epochs at ``cooldown_lr`` x
+the kept epoch's rate follow, each kept only if it raises the held-out NDCG@10 (the time
+budget keeps room for them). The same snapshot and config give the same weights, unless
+the time budget (a wall-clock guard) ended training: the log warns and the manifest's
+``stopped_by`` says so.
 
 The refit (``refit``) then trains the same recipe from scratch on every example for the
 chosen epochs and cooldown epochs, with random streams of its own. With ``ensemble`` the
@@ -52,8 +53,9 @@ log = logging.getLogger(__name__)
 
 # bumped when the same data and config would train a different model (a new loss, fusion);
 # 2: dropout, refit, cold items borrow; 3: ids only; 4: strengths; 5: the refit's own random
-# streams (it may train beside the epoch choice)
-METHOD = "encoder+neighbours-6"
+# streams (it may train beside the epoch choice); 7: a step projects each distinct item once,
+# dropout drawn from torch.rand (same model, other random draws and sums)
+METHOD = "encoder+neighbours-7"
 STRENGTH = "first_strength"  # the snapshot's column of strength codes
 
 
@@ -248,6 +250,7 @@ def fit(
         best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
+            _set_lr(opt, cfg, epoch)
             loss = _epoch(model, opt, (h_all, t_all, c_all), log_q, cfg, rng, gen)
             assert loss is not None  # no abort
             losses.append(loss)
@@ -288,7 +291,7 @@ def fit(
                 refit.final(best_epoch)
             # the cooldown: from the kept epoch, epochs at a tenth of the rate while they
             # improve the held-out NDCG@10 (Beauty: 0.0883 -> 0.0937 after one)
-            _cool(opt, cfg)
+            _cool(opt, cfg, best_epoch)
             for c in range(cfg.cooldown):
                 t0 = time.perf_counter()
                 loss = _epoch(model, opt, (h_all, t_all, c_all), log_q, cfg, rng, gen)
@@ -488,6 +491,7 @@ def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epo
         return bool(epochs.final) and len(losses) >= epochs.final
 
     while len(losses) < cfg.epochs and not needless():
+        _set_lr(opt, cfg, len(losses))
         loss = _epoch(model, opt, data, log_q, cfg, rng, gen, abort=needless)
         if loss is None:
             break
@@ -503,7 +507,7 @@ def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epo
         raise RuntimeError(f"refit: epoch {final} was not kept (kept {sorted(kept)})")
     _restore(model, opt, kept[final])
     losses, cooled = losses[:final], [kept[final]]
-    _cool(opt, cfg)
+    _cool(opt, cfg, final)
 
     def enough() -> bool:  # the choice kept fewer cooldown epochs than this
         return 0 <= epochs.cooldown < len(cooled)
@@ -540,10 +544,17 @@ def _restore(model, opt, state: tuple[dict, dict]) -> None:
     opt.load_state_dict(state[1])
 
 
-def _cool(opt, cfg: TrainConfig) -> None:
-    """The cooldown's learning rate, from here on."""
+def _set_lr(opt, cfg: TrainConfig, epoch: int) -> None:
+    """The learning rate of epoch ``epoch`` (from 0): lr x lr_decay^epoch."""
     for group in opt.param_groups:
-        group["lr"] = cfg.lr * cfg.cooldown_lr
+        group["lr"] = cfg.lr * cfg.lr_decay**epoch
+
+
+def _cool(opt, cfg: TrainConfig, kept: int) -> None:
+    """The cooldown's learning rate, from here on: cooldown_lr x that of the kept epoch
+    ``kept`` (from 1)."""
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * cfg.lr_decay ** (kept - 1) * cfg.cooldown_lr
 
 
 def _refit_worker(queue, threads, level, out, best, final, cooldown, args) -> None:

@@ -356,6 +356,48 @@ def test_parts_in_worker_processes_give_the_same_figures(
     assert any("train: kept epoch" in m for m in workers_lines)  # a fit's log, from a worker
 
 
+def test_parts_with_the_same_training_data_share_one_fit(
+    settings: Settings, tmp_path: Path, caplog
+) -> None:
+    """Every user's last item on the same last day: the time split's test part trains on
+    exactly the loo test part's data, so it ranks with that fit, and its figures are those
+    of a fit of its own (training is deterministic)."""
+    hist = {
+        u: [(item, 10 - (len(h) - 1 - k)) for k, (item, _) in enumerate(h)]
+        for u, h in _planted_histories().items()
+    }
+    snap = write_snapshot(tmp_path / "same", hist, PLANTED_ITEMS)
+    cfg = EvalConfig(ks=(1, 10), time_test_days=1)
+    with caplog.at_level("INFO", logger="nightrec.evaluate"):
+        evaluate.evaluate(settings, snap, "run-s", None, TINY, cfg)
+    doc = json.loads((eval_store.reports_dir(settings, "run-s") / "evaluation.json").read_text())
+    shared = doc["splits"]["time/test"]
+    assert shared["fit_shared_with"] == "loo/test" and shared["seconds"]["fit"] == 0.0
+    assert "fit_shared_with" not in doc["splits"]["loo/test"]
+    assert doc["splits"]["loo/test"]["seconds"]["fit"] > 0
+    assert shared["train_examples"] == doc["splits"]["loo/test"]["train_examples"]
+    assert any("ranks with the model fitted for loo/test" in r.getMessage() for r in caplog.records)
+
+    split, catalog = _split(snap, "time", "test", cfg)
+    active = np.concatenate([[False], catalog["active"].to_numpy()])
+    own, counts = evaluate.evaluate_split(split, embed.load_embeddings(snap), active, TINY, cfg)
+    assert counts["seconds"]["fit"] > 0  # fitted here, for this part alone
+    key = ["metric", "k", "slice"]
+    mine = pl.DataFrame(own).filter(pl.col("model") == "nightrec").sort(key)
+    stored = (
+        eval_store.run_rows(settings, "run-s")
+        .filter(
+            (pl.col("protocol") == "time")
+            & (pl.col("split") == "test")
+            & (pl.col("model") == "nightrec")
+        )
+        .sort(key)
+    )
+    mine = mine.filter(pl.col("value").is_not_nan())
+    assert stored.select(key).equals(mine.select(key))
+    assert np.allclose(stored["value"].to_numpy(), mine["value"].to_numpy(), atol=1e-9)
+
+
 def test_workers_knob_is_checked(monkeypatch) -> None:
     from nightrec import workers
 

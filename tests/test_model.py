@@ -392,6 +392,53 @@ def test_sampled_softmax_training_is_deterministic(planted, two_torch_threads, c
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
+def test_sampled_logits_project_each_item_once_with_the_plain_logits_and_gradients() -> None:
+    """A sampled-softmax step projects each distinct item of the histories and candidates
+    once; its logits and every gradient are those of looking each slot up on its own."""
+    n = 30
+    text, hist, target = _next_item_examples(3, n)
+    cfg = TrainConfig(dim=8, max_history=3, dropout=0.0)
+    model = Encoder(torch.from_numpy(np.vstack([np.zeros((1, 8), np.float32), text])), cfg)
+    h, t = torch.from_numpy(hist[:40]), torch.from_numpy(target[:40])
+    h[:5, 0] = 0  # padding in some windows
+    negatives = torch.tensor([3, 7, 7, 29, 1])
+    log_q = torch.linspace(-3.0, -1.0, n + 1)
+    keep = (torch.arange(n + 1) % 4 != 0).float()  # some id parts dropped
+    codes = torch.zeros_like(h)
+
+    def run(fast: bool):
+        model.zero_grad()
+        if fast:
+            logits, labels = model.sampled_logits(h, t, negatives, log_q, keep, codes)
+        else:
+            cand = torch.unique(torch.cat([t, negatives]))
+            labels = torch.searchsorted(cand, t)
+            users = model._user(h, None, keep, codes)  # each slot projected on its own
+            logits = users @ model._items(cand, keep).T - log_q[cand]
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), labels, grads
+
+    fast, slow = run(True), run(False)
+    assert torch.equal(fast[1], slow[1])
+    assert torch.allclose(fast[0], slow[0], atol=1e-5)
+    assert fast[2].keys() == slow[2].keys() and "proj.weight" in fast[2]
+    for k in fast[2]:
+        assert torch.allclose(fast[2][k], slow[2][k], atol=1e-5), k
+
+
+def test_dropout_keeps_the_expected_share_and_is_off_when_scoring() -> None:
+    """The history's dropout (drawn from ``torch.rand``) zeroes about ``dropout`` of the
+    entries and scales the rest by 1 / (1 - dropout); in eval mode it is the identity."""
+    cfg = TrainConfig(dim=8, max_history=3, dropout=0.65)
+    model = Encoder(torch.zeros(5, 4), cfg).train()
+    x = torch.ones(200, 20, 8)
+    y = model._dropout(x)
+    assert abs(float((y == 0).float().mean()) - 0.65) < 0.01
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.35))
+    assert torch.equal(model.eval()._dropout(x), x)
+
+
 # ---------------------------------------------------------------- two-stage top-N
 
 
@@ -586,6 +633,37 @@ def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplo
     lines = [r.getMessage() for r in caplog.records if r.processName == "refit"]
     assert any("refit epoch 1 loss" in m for m in lines)  # the worker's log, here
     assert any("refit cooldown epoch 2 loss" in m for m in lines)
+
+
+def test_the_learning_rate_decays_per_epoch_in_the_choice_and_in_the_refit() -> None:
+    """Epoch e trains at lr x lr_decay^e, in the epoch choice and in the refit: with a decay
+    so steep that every epoch after the first moves nothing, the held-out NDCG@10 stops
+    improving after epoch 1, and three refit epochs give the weights of one."""
+    n = 40
+    text, hist, target = _next_item_examples(5, n)
+    cfg = TrainConfig(
+        dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
+        neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=0, lr_decay=1e-9,
+        refit=False,
+    )  # fmt: skip
+    model, losses = train.fit(text, hist, target, cfg)
+    assert model.fit_info["best_epoch"] == 1 and model.fit_info["epochs_run"] == 3
+    plain, _ = train.fit(text, hist, target, dataclasses.replace(cfg, lr_decay=1.0))
+    assert plain.fit_info["best_epoch"] > 1  # without the decay, later epochs do improve
+
+    emb = torch.from_numpy(np.vstack([np.zeros((1, 8), np.float32), text]))
+    codes = np.zeros_like(hist)
+    smap = torch.zeros(11, dtype=torch.int64)
+
+    def refit(c: TrainConfig, epochs: int) -> dict:
+        state, _ = train._refit(emb, hist, target, codes, c, smap, train._Fixed(epochs, 0))
+        return state
+
+    one, three = refit(cfg, 1), refit(cfg, 3)
+    assert all(torch.allclose(one[k], three[k], atol=1e-6) for k in one)
+    flat = dataclasses.replace(cfg, lr_decay=1.0)
+    one, three = refit(flat, 1), refit(flat, 3)
+    assert not all(torch.allclose(one[k], three[k], atol=1e-6) for k in one)
 
 
 def test_a_pair_serves_the_mean_of_the_refit_and_the_chosen_model() -> None:
