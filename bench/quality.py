@@ -19,6 +19,7 @@ printed too. Nothing is tuned on the held-out items.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -230,6 +231,22 @@ def report(name: str, result: dict) -> str:
     return "\n".join(out)
 
 
+def _overrides(pairs: list[str]):
+    """TrainConfig with ``field=value`` pairs over its defaults; an unknown field or a bad
+    value stops the bench before any work."""
+    from nightrec.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    over: dict = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or key not in fields:
+            raise SystemExit(f"--set {pair}: not FIELD=VALUE with a TrainConfig field")
+        kind = type(getattr(TrainConfig(), key))
+        over[key] = raw.lower() in ("1", "true", "on") if kind is bool else kind(raw)
+    return TrainConfig(**over)
+
+
 def main() -> None:
     from nightrec.config import EvalConfig, TrainConfig
 
@@ -260,6 +277,13 @@ def main() -> None:
         action="store_true",
         help="the encoder reads no event types or ratings (TrainConfig.strengths off)",
     )
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="TrainConfig fields other than the defaults, e.g. --set dim=64 lr_decay=1",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("nightrec.ingest", "nightrec.landing"):
@@ -268,7 +292,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(epochs=args.epochs, strengths=not args.no_strengths)
+    cfg = dataclasses.replace(
+        _overrides(args.set), epochs=args.epochs, strengths=not args.no_strengths
+    )
     eval_cfg = EvalConfig()
     results = {}
     if args.tables:
