@@ -241,7 +241,7 @@ def _overrides(pairs: list[str]):
     for pair in pairs:
         key, eq, raw = pair.partition("=")
         if not eq or key not in fields:
-            raise SystemExit(f"--set {pair}: not FIELD=VALUE with a TrainConfig field")
+            raise SystemExit(f"{pair}: not FIELD=VALUE with a TrainConfig field")
         kind = type(getattr(TrainConfig(), key))
         over[key] = raw.lower() in ("1", "true", "on") if kind is bool else kind(raw)
     return TrainConfig(**over)

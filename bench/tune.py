@@ -81,20 +81,6 @@ def _split(snap: Path, hide: float = 0.0):
     return split, embed.load_embeddings(snap), active, hidden
 
 
-def _config(pairs: list[str]):
-    from nightrec.config import TrainConfig
-
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    over = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        if key not in fields:
-            raise SystemExit(f"not a TrainConfig field: {key}")
-        kind = type(getattr(TrainConfig(), key))
-        over[key] = raw.lower() in ("1", "true", "on") if kind is bool else kind(raw)
-    return TrainConfig(**over)
-
-
 def fit(home: Path, name: str, pairs: list[str]) -> None:
     import torch
 
@@ -103,7 +89,9 @@ def fit(home: Path, name: str, pairs: list[str]) -> None:
     torch.set_num_threads(1)
     hide = float(dict(p.split("=") for p in pairs).pop("hide", 0))
     pairs = [p for p in pairs if not p.startswith("hide=")]
-    cfg = dataclasses.replace(_config(pairs), refit=False)
+    from quality import _overrides
+
+    cfg = dataclasses.replace(_overrides(pairs), refit=False)
     split, text, _, _ = _split(_setup(home), hide)
     hist, target, strength = train.training_examples(split.train, cfg)
     t0 = time.perf_counter()
