@@ -188,7 +188,9 @@ def export_onnx(
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         fp32, tmp = tmp, folder / f".{path.name}.{os.getpid()}.int8.tmp"
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+        # per output channel: per tensor, MiniLM's vectors drift to cosine ~0.88 of fp32's;
+        # per channel ~0.98, and 1.5x faster than fp32 on a 2-core CPU (bench/pipeline.py)
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         fp32.unlink()
     digest.write_text(sha256(tmp) + "\n")
     tmp.replace(path)

@@ -2,9 +2,10 @@
 
 Layout under ``serving/``::
 
-    versions/<id>/serving.duckdb            recommendations (a view of the Parquet file)
+    versions/<id>/serving.duckdb            recommendations (a view of the Parquet parts)
                                             and serving_info, for readers of one run
-    versions/<id>/recommendations.parquet   the same rows
+    versions/<id>/recommendations/part-<shard>-<part>.parquet
+                                            the same rows: the score parts themselves
     versions/<id>/items.parquet             item_id, title, category, active (for readers)
     versions/<id>/similar_items.parquet     item_id, rank, similar_item_id, score (+ run)
     versions/<id>/serving_info.json         run, date, model version, counts
@@ -13,10 +14,13 @@ Layout under ``serving/``::
     current -> versions/<id>                symlink, for readers of one DuckDB file
     live.jsonl                              every change of the live version (for rollback)
 
-A version is built under a temporary name in one pass over the score parts (their
-rows were checked, and their checksums taken, as they were scored), renamed into
-place and completed by ``serving_info.json``; files in a version folder never change
-afterwards. Going live
+A version is built under a temporary name from the score parts (their rows were
+checked, and their checksums taken, as they were scored, with the run's constant
+columns already in them): each part is hard-linked into the version (copied where the
+file system cannot link), so publish reads and writes no row. Parts scored without
+those columns, or for another date, are rewritten in one DuckDB pass instead. The
+folder is renamed into place and completed by ``serving_info.json``; files in a version
+folder never change afterwards (parts are written once and replaced only by rename). Going live
 swaps ``current.json``, ``current`` and ``serving.duckdb``, each with one ``rename``.
 
 **The serving rule.** A run goes live only if its ``as_of`` is not older than the live
@@ -46,7 +50,8 @@ from nightrec.locks import file_lock
 log = logging.getLogger(__name__)
 
 SERVING_DB = "serving.duckdb"
-RECS_PARQUET = "recommendations.parquet"
+RECS_DIR = "recommendations"  # a version's rows: part-<shard>-<part>.parquet
+RECS_PARQUET = "recommendations.parquet"  # versions built before parts were linked
 ITEMS_PARQUET = "items.parquet"
 SIMILAR_PARQUET = "similar_items.parquet"
 POINTER = "current.json"
@@ -114,6 +119,30 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def recs_files(version_dir: Path) -> list[Path]:
+    """A version's recommendation files in row order (its parts, or one older file)."""
+    folder = version_dir / RECS_DIR
+    if folder.is_dir():
+        return sorted(folder.glob("part-*.parquet"))
+    return [version_dir / RECS_PARQUET]
+
+
+def recs_pattern(version: Path) -> str:
+    """What ``current.json`` names for Parquet readers: a glob of the parts (DuckDB,
+    Polars, Spark read it as is), or an older version's one file."""
+    return str(version / RECS_DIR / "*.parquet")
+
+
+def _adopt(src: Path, dst: Path) -> bool:
+    """``dst`` as a hard link to ``src`` (True), or a copy where linking is refused."""
+    try:
+        os.link(src, dst)
+        return True
+    except OSError:  # another file system, or links not allowed: copy the bytes
+        shutil.copyfile(src, dst)
+        return False
+
+
 def part_list(stats: list[dict], scores_dir: Path) -> tuple[list[str], str]:
     """The run's score parts, in shard order, and a digest of their listed checksums.
 
@@ -178,11 +207,12 @@ def _build_version(
 ) -> tuple[str, int, int]:
     """Build ``versions/<id>`` unless it exists; returns (id, rows, users).
 
-    One pass over the data: the score parts are copied by DuckDB into
-    ``recommendations.parquet`` (rows already checked by the score step); the version's
-    ``serving.duckdb`` holds a view over that file and ``serving_info``. The folder is
-    renamed into place, the view is made at its final path, and ``serving_info.json``,
-    written last, marks the version complete.
+    The score parts (rows already checked by the score step) become the version's
+    ``recommendations/`` parts: linked as they are when every shard wrote this run's
+    constant columns (``score.run_columns``), else rewritten by DuckDB in one pass. The
+    version's ``serving.duckdb`` holds a view over the parts and ``serving_info``. The
+    folder is renamed into place, the view is made at its final path, and
+    ``serving_info.json``, written last, marks the version complete.
     """
     parts, parts_digest = part_list(stats, settings.scores_dir(run_id))
     digest = hashlib.sha256(run_id.encode())
@@ -202,19 +232,38 @@ def _build_version(
     users = sum(int(s["users_written"]) for s in stats)
     snapshot_dir = Path(stats[0].get("snapshot") or settings.snapshot_dir(as_of))
     check_coverage(stats, snapshot_dir, users)
+    generated_at = dt.datetime.combine(as_of, dt.time(), dt.UTC)
+    columns = {"model_version": model_version, "run_id": run_id}
+    columns["generated_at"] = generated_at.isoformat()
+    (tmp / RECS_DIR).mkdir()
+    linked = all(st.get("run_columns") == columns for st in stats)
     with db.connect(tmp / SERVING_DB, read_only=False, schema=False) as con:
-        db.run(
-            con,
-            "publish_recommendations",
-            {
-                "parts": parts,
-                "model_version": model_version,
-                "run_id": run_id,
-                "generated_at": dt.datetime.combine(as_of, dt.time(), dt.UTC),
-                "path": str(tmp / RECS_PARQUET),
-            },
-        )
-        got = db.one(con, "select count(*) from read_parquet($p)", {"p": str(tmp / RECS_PARQUET)})
+        if linked:  # the parts are the published rows already: no row is read or written
+            copied = 0
+            for path in parts:
+                src = Path(path)
+                shard = src.parent.name.split("-")[1]  # shard-<i>-of-<n>/part-<p>.parquet
+                copied += not _adopt(src, tmp / RECS_DIR / f"part-{shard}-{src.name[5:]}")
+            log.info(
+                "publish: %d score parts taken as they are (%d copied, not linked)",
+                len(parts),
+                copied,
+            )
+        else:  # scored by an older nightrec, or for another date: one DuckDB pass
+            log.info("publish: the parts lack this run's columns; rewriting %d rows", rows)
+            db.run(
+                con,
+                "publish_recommendations",
+                {
+                    "parts": parts,
+                    "model_version": model_version,
+                    "run_id": run_id,
+                    "generated_at": generated_at,
+                    "path": str(tmp / RECS_DIR / "part-00000-00000.parquet"),
+                },
+            )
+        files = [str(p) for p in recs_files(tmp)]
+        got = db.one(con, "select count(*) from read_parquet($p)", {"p": files})
         _copy_similar(
             con, stats, settings.scores_dir(run_id), tmp / SIMILAR_PARQUET, model_version, run_id
         )
@@ -231,7 +280,7 @@ def _build_version(
     with db.connect(final / SERVING_DB, read_only=False, schema=False) as con:
         con.execute(
             "create view recommendations as select * from read_parquet("
-            + db.path_literal(final.resolve() / RECS_PARQUET)
+            + db.path_literal(recs_files(final.resolve()))
             + ")"
         )
         con.execute(
@@ -315,7 +364,14 @@ def _go_live(
         "run_id": run_id,
         "as_of": str(as_of),
         "model_version": model,
-        "recommendations_parquet": str(version / RECS_PARQUET),
+        **(
+            {
+                "recommendations_parquet": recs_pattern(version),
+                "recommendations_dir": str(version / RECS_DIR),
+            }
+            if (serving / version / RECS_DIR).is_dir()
+            else {"recommendations_parquet": str(version / RECS_PARQUET)}
+        ),
         "serving_duckdb": str(version / SERVING_DB),
         "items_parquet": str(version / ITEMS_PARQUET),
         "similar_items_parquet": str(version / SIMILAR_PARQUET),
@@ -400,7 +456,7 @@ def build_catalog(settings: Settings) -> Path:
         return serving / SERVING_DB
     kept = versions(settings)
     base = serving.resolve()
-    all_parquet = [base / "versions" / v / RECS_PARQUET for v in kept]
+    all_parquet = [p for v in kept for p in recs_files(base / "versions" / v)]
     tmp = serving / f".{SERVING_DB}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
     with db.connect(settings.warehouse, read_only=True) as wh:
@@ -430,7 +486,7 @@ def build_catalog(settings: Settings) -> Path:
             con.unregister("frame")
         con.execute(
             db.sql("serving_catalog").format(
-                live_parquet=db.path_literal(base / now["recommendations_parquet"]),
+                live_parquet=db.path_literal(recs_files(base / "versions" / now["serving_id"])),
                 live_items=db.path_literal(base / now["items_parquet"]),
                 all_parquet=db.path_literal(all_parquet),
                 live_similar=_similar_source(base, now),

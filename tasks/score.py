@@ -45,6 +45,30 @@ SCHEMA = {
     "reason": pl.Utf8,
     "because_item_id": pl.Utf8,
 }
+# the columns publish adds, written into each part as it is scored (constant per run), so
+# that publish takes the parts as they are instead of rewriting every row
+RUN_COLUMNS = ("model_version", "run_id", "generated_at")
+
+
+def run_columns(model_version: str, run_id: str, as_of: str | None) -> dict | None:
+    """The published constant columns of a run (``generated_at``: midnight UTC of its
+    ``as_of``), as ``_SUCCESS.json`` lists them; None without an ``as_of``."""
+    if not as_of:
+        return None
+    at = dt.datetime.combine(dt.date.fromisoformat(as_of), dt.time(), dt.UTC)
+    return {"model_version": model_version, "run_id": run_id, "generated_at": at.isoformat()}
+
+
+def _with_run_columns(frame: pl.DataFrame, columns: dict | None) -> pl.DataFrame:
+    if columns is None:
+        return frame
+    return frame.with_columns(
+        pl.lit(columns["model_version"], dtype=pl.Utf8).alias("model_version"),
+        pl.lit(columns["run_id"], dtype=pl.Utf8).alias("run_id"),
+        pl.lit(dt.datetime.fromisoformat(columns["generated_at"]))
+        .cast(pl.Datetime("us", "UTC"))
+        .alias("generated_at"),
+    )
 
 
 def choose_providers(choice: str) -> list[str]:
@@ -147,6 +171,9 @@ def score(
         len(active),
     )
 
+    snap_meta = snapshot_dir / "snapshot.json"
+    as_of = json.loads(snap_meta.read_text()).get("as_of") if snap_meta.is_file() else None
+    published = run_columns(manifest["version"], run_id, as_of)
     out = shard_dir(settings, run_id, cfg.shard, cfg.num_shards)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -201,7 +228,7 @@ def score(
             )
         )
         if len(pending) == BATCHES_PER_PART:
-            rows += _write_part(pending, tmp, parts, written_parts)
+            rows += _write_part(pending, tmp, parts, written_parts, published)
             parts, pending = parts + 1, []
             done = lo + len(u)
             log.info(
@@ -211,13 +238,13 @@ def score(
                 done / (time.perf_counter() - started),
             )
     if pending:
-        rows += _write_part(pending, tmp, parts, written_parts)
+        rows += _write_part(pending, tmp, parts, written_parts, published)
         parts += 1
     if cold.len():
         popular = popular_for(cold, snapshot_dir, cfg, applied)
         written += popular["user_id"].n_unique()
         _check_frame(popular)
-        rows += _write_part([popular], tmp, parts, written_parts)
+        rows += _write_part([popular], tmp, parts, written_parts, published)
         parts += 1
     similar = None
     if cfg.shard == 0:
@@ -241,6 +268,7 @@ def score(
         "seconds": round(seconds, 3),
         "model_seconds": round(t_model, 3),
         "parts": written_parts,  # name, rows, bytes, sha256: publish trusts these
+        "run_columns": published,  # the constant columns in every part (publish links them)
         "checked": "no item twice per user, ranks 1..n",
         "ranking": dataclasses.asdict(rank_cfg) if rank_cfg.active else None,
         # the rules that applied and the (user, item) pairs each removed (consumables: put back)
@@ -356,10 +384,16 @@ def write_similar(
 
 
 def _write_part(
-    frames: list[pl.DataFrame], folder: Path, n: int, listed: list[dict], name: str = ""
+    frames: list[pl.DataFrame],
+    folder: Path,
+    n: int,
+    listed: list[dict],
+    columns: dict | None = None,
+    name: str = "",
 ) -> int:
-    """Write one Parquet part; its name, rows, size and SHA-256 are appended to ``listed``."""
-    frame = pl.concat(frames)
+    """Write one Parquet part (with the run's constant ``columns``, ``run_columns``); its
+    name, rows, size and SHA-256 are appended to ``listed``."""
+    frame = _with_run_columns(pl.concat(frames), columns)
     buf = io.BytesIO()
     frame.write_parquet(buf)
     data = buf.getbuffer()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import os
 from pathlib import Path
 
 import duckdb
@@ -272,6 +274,78 @@ def test_republishing_a_run_keeps_its_serving_version(run1, tmp_path: Path) -> N
     # same scores as run1's: the published rows do not depend on where they were published
     a = read_table(current_db(settings)).drop("run_id").sort("user_id", "rank")
     assert a.equals(run1["recs"].drop("run_id").sort("user_id", "rank"))
+
+
+def _listing(settings: Settings, run_id: str) -> tuple[Path, dict]:
+    done = next(settings.scores_dir(run_id).glob("shard-*/_SUCCESS.json"))
+    return done, json.loads(done.read_text())
+
+
+def test_publish_takes_the_scored_parts_as_they_are(run1, tmp_path: Path) -> None:
+    settings = isolated(run1, tmp_path)
+    score.score(settings, run1["snapshot"], "runL", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    done, stats = _listing(settings, "runL")
+    model = stats["model_version"]
+    assert stats["run_columns"] == {
+        "model_version": model,
+        "run_id": "runL",
+        "generated_at": f"{AS_OF.isoformat()}T00:00:00+00:00",
+    }
+    out = publish.publish(settings, "runL", AS_OF)
+    version = settings.serving / "versions" / out["serving_id"]
+    scored = [done.parent / p["name"] for p in stats["parts"]]
+    served = publish.recs_files(version)
+    # every score part is in the version as the same file (a hard link): no row rewritten
+    assert [p.name for p in served] == [f"part-00000-{p.name[5:]}" for p in scored]
+    assert [os.stat(p).st_ino for p in served] == [os.stat(p).st_ino for p in scored]
+    recs = read_table(current_db(settings)).sort("user_id", "rank")
+    assert recs.height == out["rows"] == sum(p["rows"] for p in stats["parts"])
+    assert set(recs["model_version"]) == {model} and set(recs["run_id"]) == {"runL"}
+    assert set(recs["generated_at"]) == {dt.datetime.combine(AS_OF, dt.time(), dt.UTC)}
+    assert recs.drop("run_id").equals(run1["recs"].drop("run_id").sort("user_id", "rank"))
+    pointer = json.loads((settings.serving / "current.json").read_text())
+    glob = settings.serving / pointer["recommendations_parquet"]
+    assert pl.scan_parquet(glob).select(pl.len()).collect().item() == recs.height
+
+    # published for another date than the one scored: the run's columns differ, so the
+    # rows are rewritten once with that date (a file of the version's own)
+    other = AS_OF - dt.timedelta(days=1)
+    back = publish.publish(settings, "runL", other)
+    assert back["served"] is False and back["serving_id"] != out["serving_id"]
+    (part,) = publish.recs_files(settings.serving / "versions" / back["serving_id"])
+    assert os.stat(part).st_nlink == 1
+    rewritten = pl.read_parquet(part).sort("user_id", "rank")
+    assert set(rewritten["generated_at"]) == {dt.datetime.combine(other, dt.time(), dt.UTC)}
+    assert rewritten.drop("generated_at").equals(recs.drop("generated_at"))
+
+
+def test_publish_rewrites_parts_scored_without_the_run_columns(run1, tmp_path: Path) -> None:
+    """Scores from before parts carried the run's columns still publish (one DuckDB pass),
+    and a version of the older layout (one recommendations.parquet) is still served."""
+    settings = isolated(run1, tmp_path)
+    score.score(settings, run1["snapshot"], "runO", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    done, stats = _listing(settings, "runO")
+    for listed in stats["parts"]:  # as an older nightrec wrote them
+        path = done.parent / listed["name"]
+        pl.read_parquet(path).select(list(score.SCHEMA)).write_parquet(path)
+        listed |= {"bytes": path.stat().st_size, "sha256": registry.sha256(path)}
+    del stats["run_columns"]
+    done.write_text(json.dumps(stats))
+    out = publish.publish(settings, "runO", AS_OF)
+    version = settings.serving / "versions" / out["serving_id"]
+    (part,) = publish.recs_files(version)
+    recs = read_table(current_db(settings)).sort("user_id", "rank")
+    assert recs.height == out["rows"] and set(recs["run_id"]) == {"runO"}
+    assert recs.drop("run_id").equals(run1["recs"].drop("run_id").sort("user_id", "rank"))
+
+    # the layout before parts: one file; the catalog and the pointer still read it
+    part.rename(version / publish.RECS_PARQUET)
+    (version / publish.RECS_DIR).rmdir()
+    assert publish.recs_files(version) == [version / publish.RECS_PARQUET]
+    publish.rollback(settings, out["serving_id"])
+    pointer = json.loads((settings.serving / "current.json").read_text())
+    assert pointer["recommendations_parquet"].endswith(publish.RECS_PARQUET)
+    assert read_table(settings.serving / publish.SERVING_DB).height == recs.height
 
 
 def test_new_run_new_version_rollback_and_open_reader(run1, tmp_path: Path) -> None:

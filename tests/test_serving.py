@@ -346,8 +346,11 @@ def test_retention_keeps_what_rollback_needs(env, monkeypatch):
 
 def test_versions_and_pointer_paths_are_stable(env):
     pointer = _live(env)
-    path = env.serving / pointer["recommendations_parquet"]
-    assert path.is_file() and pointer["serving_id"] in str(path)
+    pattern = env.serving / pointer["recommendations_parquet"]
+    parts = sorted(pattern.parent.glob(pattern.name))
+    assert parts and all(p.is_file() for p in parts)
+    assert pattern.parent == env.serving / pointer["recommendations_dir"]
+    assert pointer["serving_id"] in str(pattern)
     listed = json.loads(_cli(env, "versions").stdout)
     assert sum(v["live"] for v in listed) == 1
     assert [v["serving_id"] for v in listed if v["live"]] == [pointer["serving_id"]]
