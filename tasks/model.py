@@ -416,8 +416,10 @@ class TopNScorer(nn.Module):
         else:
             top_scores, top_idx = self._two_stage(scores, k)
         # why: the history item most similar to each recommendation
-        sim = self.item_matrix[top_idx] @ self.item_matrix[history].transpose(1, 2)  # [B, K, L]
-        sim = sim.masked_fill((history == 0).unsqueeze(1), NEG)
+        # (padding slots get -inf by an added [B, 1, L] row: cheaper than a masked fill)
+        pad = torch.zeros(history.shape, dtype=users.dtype).masked_fill(history == 0, NEG)
+        hist_t = self.item_matrix[history].transpose(1, 2)  # [B, dim, L]
+        sim = self.item_matrix[top_idx] @ hist_t + pad.unsqueeze(1)  # [B, K, L]
         because = torch.gather(history, 1, sim.argmax(-1))  # [B, K]
         return top_scores, top_idx, because
 
@@ -425,7 +427,8 @@ class TopNScorer(nn.Module):
         s, b = self.block, scores.shape[0]
         blocks = scores.reshape(-1, s)  # [B * G, S]: block g of user i is row i * G + g
         g = scores.shape[1] // s
-        _, best = torch.topk(blocks.amax(-1).reshape(b, g), k, dim=1)  # [B, K] blocks to search
+        # [B, K] blocks to search, as a set (unsorted: cheaper), then in index order
+        _, best = torch.topk(blocks.amax(-1).reshape(b, g), k, dim=1, sorted=False)
         best, _ = torch.sort(best, dim=1)  # index order: ties go to the lower item index
         rows = best + torch.arange(b, device=best.device).unsqueeze(1) * g  # [B, K]
         cand = blocks[rows.reshape(-1)].reshape(b, -1)  # [B, K * S]: whole rows, no per-cell index
