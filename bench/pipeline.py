@@ -75,7 +75,9 @@ def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) 
 
 
 def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
-    """texts/s of the PyTorch encoder and of the ONNX one on the same item texts."""
+    """texts/s of the PyTorch encoder, the ONNX one and the int8 ONNX one on the same item
+    texts, and the lowest cosine of each one's vectors to PyTorch's (the drift gate's
+    measure: ``EmbedConfig.min_cosine``)."""
     import polars as pl
 
     from nightrec import embed
@@ -86,13 +88,18 @@ def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
     model_dir = settings.text_model_path()
     key = embed.encoder_fingerprint(model_dir)
     base = embed.TextEncoder(model_dir, EmbedConfig())
-    path = embed.export_onnx(settings, model_dir, key, False, base)
-    encoders = {"torch": base, "onnx": embed.OnnxTextEncoder(base, path)}
-    out = {}
+    encoders = {"torch": base}
+    for name, int8 in (("onnx", False), ("onnx-int8", True)):
+        path = embed.export_onnx(settings, model_dir, key, int8, base)
+        encoders[name] = embed.OnnxTextEncoder(base, path)
+    out: dict = {}
+    ref = None
     for name, enc in encoders.items():
         t = time.perf_counter()
-        enc.encode(texts)
+        vectors = enc.encode(texts)
         out[name] = len(texts) / (time.perf_counter() - t)
+        ref = vectors if ref is None else ref
+        out[f"{name}_min_cosine"] = float((vectors * ref).sum(1).min())
     return out
 
 
@@ -152,6 +159,7 @@ def table(results: list[dict]) -> str:
         "onnx/eager users/s",
         "embed texts/s cold / warm s",
         "text encoder onnx/torch texts/s",
+        "int8 onnx texts/s (min cosine)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -172,6 +180,9 @@ def table(results: list[dict]) -> str:
             f"{r['embed_texts'] / s['embed']:,.0f} / {r['embed_warm_seconds']:.1f}",
             f"{r['embed_runtimes']['onnx']:,.0f} / {r['embed_runtimes']['torch']:,.0f} "
             f"(x{r['embed_runtimes']['onnx'] / r['embed_runtimes']['torch']:.2f})",
+            f"{r['embed_runtimes'].get('onnx-int8', 0):,.0f} "
+            f"(x{r['embed_runtimes'].get('onnx-int8', 0) / r['embed_runtimes']['torch']:.2f}, "
+            f"{r['embed_runtimes'].get('onnx-int8_min_cosine', float('nan')):.4f})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -141,14 +141,14 @@ def _batches(work: Path, sample: int):
     return out, n, index.height
 
 
-def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
+def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cpu") -> dict:
     import onnxruntime as ort
     import torch
 
     from nightrec import registry
     from nightrec.config import ScoreConfig, TrainConfig
     from nightrec.model import Encoder, TopNScorer
-    from nightrec.score import run_scorer
+    from nightrec.score import choose_providers, run_scorer
 
     batches, n, m = _batches(work, sample)
     folder = work / "models" / VERSION
@@ -199,9 +199,10 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
             np.take_along_axis(ids, order, axis=1)
     elif which == "core":
         sess = ort.InferenceSession(
-            str(folder / registry.SCORER), providers=["CPUExecutionProvider"]
+            str(folder / registry.SCORER), providers=choose_providers(provider)
         )
-        chunk = ScoreConfig().model_batch
+        cpu = sess.get_providers()[0] == "CPUExecutionProvider"
+        chunk = ScoreConfig().model_batch if cpu else BATCH  # as `nightrec score` calls it
         t = time.perf_counter()
         for h, seen in batches:
             run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk)
@@ -228,10 +229,11 @@ def run_floor_and_peers(work: Path, sample: int, which: str) -> dict:
         "seconds": seconds,
         "users_per_s": n / seconds,
         "peak_gb": peak_rss_gb(),
+        **({"provider": sess.get_providers()[0]} if which == "core" else {}),
     }
 
 
-def run_end_to_end(work: Path) -> dict:
+def run_end_to_end(work: Path, provider: str = "cpu") -> dict:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -241,7 +243,7 @@ def run_end_to_end(work: Path) -> dict:
     settings = Settings.from_env(home=work / "home", models_dir=work / "models")
     t = time.perf_counter()
     stats = score.score(
-        settings, work / "snapshot", "bench", ScoreConfig(top_n=TOP_N, provider="cpu"), VERSION
+        settings, work / "snapshot", "bench", ScoreConfig(top_n=TOP_N, provider=provider), VERSION
     )
     seconds = time.perf_counter() - t
     return {
@@ -312,8 +314,11 @@ def table(rows: list[dict]) -> str:
                 lines.append(f"| {r['scale']} | {part} | – | {x['skipped']} | – | – |")
                 continue
             ratio = floor / x["users_per_s"]
+            where = (
+                f" ({x['provider'].removesuffix('ExecutionProvider')})" if "provider" in x else ""
+            )
             lines.append(
-                f"| {r['scale']} | {part} | {x['users']:,} | {x['users_per_s']:,.0f} | "
+                f"| {r['scale']} | {part}{where} | {x['users']:,} | {x['users_per_s']:,.0f} | "
                 f"{ratio:.2f}x slower | {x['peak_gb']:.2f} |"
             )
     head = "| users x items | publish | rows | M rows/s | time vs DuckDB copy | peak RSS GB |"
@@ -340,6 +345,9 @@ def main() -> None:
     )
     ap.add_argument("--workdir", type=Path, help="keep the snapshots and models here")
     ap.add_argument("--pair", action="store_true", help="a pair of encoders, as served")
+    ap.add_argument(
+        "--provider", default="cpu", choices=("cpu", "auto", "cuda"), help="core and end to end"
+    )
     ap.add_argument("--part", help=argparse.SUPPRESS)  # worker: prepare | floor | ... with --scale
     ap.add_argument("--scale", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -350,11 +358,11 @@ def main() -> None:
             prepare(users, items, work, args.pair)
             res: dict = {"ok": True}
         elif args.part == "end-to-end":
-            res = run_end_to_end(work)
+            res = run_end_to_end(work, args.provider)
         elif args.part in PUBLISH:
             res = run_publish(work, args.part)
         else:
-            res = run_floor_and_peers(work, args.sample, args.part)
+            res = run_floor_and_peers(work, args.sample, args.part, args.provider)
         print("RESULT " + json.dumps(res), flush=True)
         return
     rows = []
@@ -362,7 +370,7 @@ def main() -> None:
         for scale in args.scales.split(","):
             work = (args.workdir or Path(tmp)) / (scale.replace(":", "x") + "-pair" * args.pair)
             common = ["--scale", scale, "--workdir", str(work), "--sample", str(args.sample)]
-            common += ["--pair"] * args.pair
+            common += ["--pair"] * args.pair + ["--provider", args.provider]
             child(["--part", "prepare", *common])
             row = {"scale": scale.replace(":", " x ") + " (pair)" * args.pair}
             for part in PARTS + PUBLISH:

@@ -273,7 +273,8 @@ class ScoreConfig:
     batch_size: int = 1024  # users read, scored and turned into rows together
     # users per ONNX Runtime call: its [model_batch, items] score matrix is the scorer's
     # working memory (100 MB at 256 x 100k items); 256 scored ~1.1x faster than 128 and
-    # ~1.4x faster than 1024 rows on a 2-core CPU (bench/score.py); results do not depend on it
+    # ~1.4x faster than 1024 rows on a 2-core CPU (bench/score.py); results do not depend on
+    # it. CPU only: on CUDA each call takes the whole batch (batch_size users)
     model_batch: int = 256
     similar_k: int = 20  # similar_items per active item (item tower cosine); 0: none
     provider: str = "auto"  # "auto": CUDA when available, else CPU; "cpu" forces CPU

@@ -417,9 +417,9 @@ class TopNScorer(nn.Module):
             top_scores, top_idx = self._two_stage(scores, k)
         # why: the history item most similar to each recommendation
         # (padding slots get -inf by an added [B, 1, L] row: cheaper than a masked fill)
-        pad = torch.zeros(history.shape, dtype=users.dtype).masked_fill(history == 0, NEG)
+        empty = torch.zeros(history.shape, dtype=users.dtype).masked_fill(history == 0, NEG)
         hist_t = self.item_matrix[history].transpose(1, 2)  # [B, dim, L]
-        sim = self.item_matrix[top_idx] @ hist_t + pad.unsqueeze(1)  # [B, K, L]
+        sim = self.item_matrix[top_idx] @ hist_t + empty.unsqueeze(1)  # [B, K, L]
         because = torch.gather(history, 1, sim.argmax(-1))  # [B, K]
         return top_scores, top_idx, because
 

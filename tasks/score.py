@@ -160,6 +160,9 @@ def score(
     scorer = registry.scorer_file(version_dir, manifest, providers[0] == "CPUExecutionProvider")
     sess = ort.InferenceSession(str(scorer), opts, providers=providers)
     provider = sess.get_providers()[0]
+    # users per ONNX Runtime call: on the CPU a cache-sized slice; a GPU takes the whole
+    # scoring batch (``batch_size``: raise it to thousands there to fill the device)
+    per_call = cfg.model_batch if provider == "CPUExecutionProvider" else cfg.batch_size
     log.info(
         "score: model %s (%s) on %s; %d users with history, %d cold, top %d of %d active items",
         manifest["version"],
@@ -197,7 +200,7 @@ def score(
             seen = excl.padded(rows_all[batch])
         t = time.perf_counter()
         top_s, top_i, because = run_scorer(
-            sess, hist, seen, widths[batch], bias, max(k_model, 1), cfg.model_batch, strength
+            sess, hist, seen, widths[batch], bias, max(k_model, 1), per_call, strength
         )
         t_model += time.perf_counter() - t
         if layer is None:
