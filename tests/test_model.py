@@ -703,6 +703,24 @@ def test_a_pair_serves_the_mean_of_the_refit_and_the_chosen_model() -> None:
         assert torch.equal(again.scores(h, again.item_vectors()), got)
 
 
+def test_the_time_budget_also_bounds_the_cooldown() -> None:
+    """A budget that one epoch already spends leaves no room for a cooldown epoch: it is
+    not run (before, the first epoch and the cooldown always ran, whatever the budget)."""
+    n = 40
+    text, hist, target = _next_item_examples(5, n)
+    cfg = TrainConfig(
+        dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
+        neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=2,
+    )  # fmt: skip
+    roomy, _ = train.fit(text, hist, target, cfg)
+    assert roomy.fit_info["cooldown_epochs"] == 2  # the same data, with the default budget
+    tight, _ = train.fit(text, hist, target, dataclasses.replace(cfg, max_train_seconds=1e-6))
+    info = tight.fit_info
+    assert info["epochs_run"] == info["best_epoch"] == 1 and info["cooldown_epochs"] == 0
+    assert "no cooldown epoch 1: time budget" in info["stopped_by"]
+    assert info["valid_ndcg10"] == info["valid_ndcg10_before_cooldown"]
+
+
 def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
     """With no cooldown the fit is the plain one; a cooldown that cannot help (a learning
     rate too small to move the weights) is tried and dropped: the same weights as none."""
