@@ -43,7 +43,8 @@ def _score(run1, tmp_path, snap, name, top_n=TOP_N, rule_cfg=None) -> pl.DataFra
     cfg = ScoreConfig(top_n=top_n, provider="cpu", similar_k=0)
     score.score(settings, snap, name, cfg, None, None, rule_cfg)
     folder = score.shard_dir(settings, name, 0, 1)
-    return pl.read_parquet(sorted(folder.glob("part-*.parquet"))).sort("user_id", "rank")
+    lists = pl.read_parquet(sorted(folder.glob("part-*.parquet"))).sort("user_id", "rank")
+    return lists.drop(score.RUN_COLUMNS)  # the run's own id differs between the runs compared
 
 
 def _counts(run1, tmp_path, snap, name, rule_cfg) -> dict:  # noqa: F811
