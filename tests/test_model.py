@@ -604,15 +604,20 @@ def _next_item_examples(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     return text, hist, (hist[:, -1] % n) + 1
 
 
-def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplog) -> None:
-    """The refit in a spawned process (told the best epoch as the choice goes, the one to
-    keep at the end) trains exactly the weights it trains after the choice, here."""
-    n = 40
-    text, hist, target = _next_item_examples(5, n)
+def _two_cooldowns():
+    """Examples and a config on which both of two cooldown epochs help (and are kept)."""
+    text, hist, target = _next_item_examples(5, 40)
     cfg = TrainConfig(
         dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
         neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=2,
     )  # fmt: skip
+    return text, hist, target, cfg
+
+
+def test_refit_beside_the_epoch_choice_gives_the_same_weights(monkeypatch, caplog) -> None:
+    """The refit in a spawned process (told the best epoch as the choice goes, the one to
+    keep at the end) trains exactly the weights it trains after the choice, here."""
+    text, hist, target, cfg = _two_cooldowns()
     here, _ = train.fit(text, hist, target, cfg)
     assert not here.fit_info["refit_beside"]
     # both cooldown epochs raised the held-out NDCG@10, so both were kept (and refitted)
@@ -706,12 +711,7 @@ def test_a_pair_serves_the_mean_of_the_refit_and_the_chosen_model() -> None:
 def test_the_time_budget_also_bounds_the_cooldown() -> None:
     """A budget that one epoch already spends leaves no room for a cooldown epoch: it is
     not run (before, the first epoch and the cooldown always ran, whatever the budget)."""
-    n = 40
-    text, hist, target = _next_item_examples(5, n)
-    cfg = TrainConfig(
-        dim=8, max_history=3, epochs=6, patience=2, valid_share=0.2, min_valid=10,
-        neighbours=0, batch_size=64, negatives=0, dropout=0.3, cooldown=2,
-    )  # fmt: skip
+    text, hist, target, cfg = _two_cooldowns()
     roomy, _ = train.fit(text, hist, target, cfg)
     assert roomy.fit_info["cooldown_epochs"] == 2  # the same data, with the default budget
     tight, _ = train.fit(text, hist, target, dataclasses.replace(cfg, max_train_seconds=1e-6))
