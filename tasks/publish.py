@@ -128,8 +128,8 @@ def recs_files(version_dir: Path) -> list[Path]:
 
 
 def recs_pattern(version: Path) -> str:
-    """What ``current.json`` names for Parquet readers: a glob of the parts (DuckDB,
-    Polars, Spark read it as is), or an older version's one file."""
+    """What ``current.json`` names for Parquet readers of a version with parts: a glob of
+    them (DuckDB, Polars, Spark read it as is)."""
     return str(version / RECS_DIR / "*.parquet")
 
 
@@ -232,9 +232,10 @@ def _build_version(
     users = sum(int(s["users_written"]) for s in stats)
     snapshot_dir = Path(stats[0].get("snapshot") or settings.snapshot_dir(as_of))
     check_coverage(stats, snapshot_dir, users)
+    from nightrec.score import run_columns  # the columns as the score step writes them
+
     generated_at = dt.datetime.combine(as_of, dt.time(), dt.UTC)
-    columns = {"model_version": model_version, "run_id": run_id}
-    columns["generated_at"] = generated_at.isoformat()
+    columns = run_columns(model_version, run_id, as_of.isoformat())
     (tmp / RECS_DIR).mkdir()
     linked = all(st.get("run_columns") == columns for st in stats)
     with db.connect(tmp / SERVING_DB, read_only=False, schema=False) as con:
