@@ -13,6 +13,7 @@ and listed in the shard's ``_SUCCESS.json``: publish never reads a part twice.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -22,6 +23,7 @@ import logging
 import shutil
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from nightrec.train import load_sequences
 log = logging.getLogger(__name__)
 
 BATCHES_PER_PART = 16  # ~1.6M rows per Parquet part at the defaults
+OVERLAP = 2  # batches read ahead of the scorer, and waiting behind it to be written
 SCHEMA = {
     "user_id": pl.Utf8,
     "rank": pl.Int32,
@@ -182,67 +185,64 @@ def score(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     max_history = int(manifest["config"]["max_history"])
-    parts, pending, rows, t_model = 0, [], 0, 0.0
-    written_parts: list[dict] = []
-    written = 0  # users given at least one item; with the "empty" ones, every user of the shard
     u_all = warm["u"].to_numpy()
     # excluded items per user (rules: rows in warm order; else rows of seqs): the exclude width
     rows_all = np.arange(len(u_all)) if applied is not None else u_all
     widths = excl.widths()[rows_all]
-    for batch in plan_batches(widths, cfg.batch_size, cfg.max_exclude_cells):
-        lo, u = batch.start, u_all[batch]
+
+    def read(batch: slice) -> tuple:
+        """Host work before the scorer: one batch's histories and seen items."""
+        u = u_all[batch]
         starts, ends = seqs.starts[u], seqs.ends[u]
         hist = histories(seqs.seq, starts, ends, max_history)
         strength = seqs.strengths(starts, ends, max_history)
-        if applied is None:
-            seen = padded_sets(seqs.seq, starts, ends)
-        else:
-            seen = excl.padded(rows_all[batch])
+        seen = (
+            padded_sets(seqs.seq, starts, ends) if applied is None else excl.padded(rows_all[batch])
+        )
+        return batch, hist, strength, seen
+
+    sink = _PartSink(tmp, published, warm["user_id"], item_ids, k, layer, cfg.shard)
+    batches = plan_batches(widths, cfg.batch_size, cfg.max_exclude_cells)
+    t_model = t_read = t_write = 0.0
+    # host work overlaps the scorer: the next batches are read in one thread and the last
+    # ones turned into rows and Parquet in another while ONNX Runtime scores (it releases
+    # the GIL); at most OVERLAP batches wait on either side, so memory stays flat
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="score-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="score-write") as writer,
+    ):
+        ahead = collections.deque(reader.submit(read, b) for b in batches[:OVERLAP])
+        behind: collections.deque = collections.deque()
+        for i in range(len(batches)):
+            t = time.perf_counter()
+            batch, hist, strength, seen = ahead.popleft().result()
+            t_read += time.perf_counter() - t
+            if i + OVERLAP < len(batches):
+                ahead.append(reader.submit(read, batches[i + OVERLAP]))
+            t = time.perf_counter()
+            outs = run_scorer(
+                sess, hist, seen, widths[batch], bias, max(k_model, 1), per_call, strength
+            )
+            t_model += time.perf_counter() - t
+            behind.append(writer.submit(sink.add, batch, hist, outs))
+            t = time.perf_counter()
+            while len(behind) > OVERLAP or (behind and behind[0].done()):
+                behind.popleft().result()  # raises the writer's error here, in order
+            t_write += time.perf_counter() - t
+            if (i + 1) % BATCHES_PER_PART == 0:
+                done = batch.stop
+                log.info(
+                    "score: %d/%d users (%.0f users/s)",
+                    done,
+                    len(u_all),
+                    done / (time.perf_counter() - started),
+                )
         t = time.perf_counter()
-        top_s, top_i, because = run_scorer(
-            sess, hist, seen, widths[batch], bias, max(k_model, 1), per_call, strength
-        )
-        t_model += time.perf_counter() - t
-        if layer is None:
-            keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
-            reason = None
-        else:
-            order, top_s, trending, keep = ranking.rerank(layer, top_i, top_s, k)
-            top_i = np.take_along_axis(top_i, order, axis=1)
-            because = np.take_along_axis(because, order, axis=1)
-            reason = ranking.reasons(trending, because, hist[:, -ranking.RECENT :])
-        _check_lists(top_i, keep, warm["user_id"][lo], cfg.shard)
-        written += int(keep.any(axis=1).sum())
-        row_user = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[keep]
-        rank = (np.cumsum(keep, axis=1))[keep]
-        pending.append(
-            pl.DataFrame(
-                {
-                    "user_id": warm["user_id"].gather(lo + row_user),
-                    "rank": rank.astype(np.int32),
-                    "item_id": item_ids.gather(top_i[keep]),
-                    "score": top_s[keep].astype(np.float32),
-                    "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8)
-                    if reason is None
-                    else pl.Series(reason[keep].tolist(), dtype=pl.Utf8),
-                    "because_item_id": item_ids.gather(because[keep]),
-                },
-                schema=SCHEMA,
-            )
-        )
-        if len(pending) == BATCHES_PER_PART:
-            rows += _write_part(pending, tmp, parts, written_parts, published)
-            parts, pending = parts + 1, []
-            done = lo + len(u)
-            log.info(
-                "score: %d/%d users (%.0f users/s)",
-                done,
-                len(u_all),
-                done / (time.perf_counter() - started),
-            )
-    if pending:
-        rows += _write_part(pending, tmp, parts, written_parts, published)
-        parts += 1
+        while behind:
+            behind.popleft().result()
+        writer.submit(sink.flush).result()
+        t_write += time.perf_counter() - t
+    rows, parts, written, written_parts = sink.rows, sink.parts, sink.written, sink.listed
     if cold.len():
         popular = popular_for(cold, snapshot_dir, cfg, applied)
         written += popular["user_id"].n_unique()
@@ -270,6 +270,9 @@ def score(
         "num_shards": cfg.num_shards,
         "seconds": round(seconds, 3),
         "model_seconds": round(t_model, 3),
+        # the scorer waiting on host work (overlapped): reading histories, writing rows
+        "read_wait_seconds": round(t_read, 3),
+        "write_wait_seconds": round(t_write, 3),
         "parts": written_parts,  # name, rows, bytes, sha256: publish trusts these
         "run_columns": published,  # the constant columns in every part (publish links them)
         "checked": "no item twice per user, ranks 1..n",
@@ -384,6 +387,75 @@ def write_similar(
         time.perf_counter() - t0,
     )
     return listed[0]
+
+
+class _PartSink:
+    """Scored batches in, checked rows out: Parquet parts of ``BATCHES_PER_PART`` batches
+    in ``folder``, each listed (name, rows, bytes, sha256) in ``listed``. Called from one
+    thread at a time, batches in scoring order."""
+
+    def __init__(
+        self,
+        folder: Path,
+        columns: dict | None,
+        user_ids: pl.Series,
+        item_ids: pl.Series,
+        k: int,
+        layer,
+        shard: int,
+    ) -> None:
+        self.folder, self.columns, self.user_ids, self.item_ids = (
+            folder,
+            columns,
+            user_ids,
+            item_ids,
+        )
+        self.k, self.layer, self.shard = k, layer, shard
+        self.pending: list[pl.DataFrame] = []
+        self.listed: list[dict] = []
+        self.rows = self.parts = 0
+        self.written = 0  # users given at least one item; with the "empty" ones, every user
+
+    def add(self, batch: slice, hist: np.ndarray, outs: tuple) -> None:
+        top_s, top_i, because = outs
+        k, lo = self.k, batch.start
+        if self.layer is None:
+            keep = np.isfinite(top_s)  # fewer unseen active items than k: shorter list
+            reason = None
+        else:
+            order, top_s, trending, keep = ranking.rerank(self.layer, top_i, top_s, k)
+            top_i = np.take_along_axis(top_i, order, axis=1)
+            because = np.take_along_axis(because, order, axis=1)
+            reason = ranking.reasons(trending, because, hist[:, -ranking.RECENT :])
+        _check_lists(top_i, keep, self.user_ids[lo], self.shard)
+        self.written += int(keep.any(axis=1).sum())
+        n = batch.stop - lo
+        row_user = np.repeat(np.arange(n), k).reshape(n, k)[keep]
+        rank = (np.cumsum(keep, axis=1))[keep]
+        self.pending.append(
+            pl.DataFrame(
+                {
+                    "user_id": self.user_ids.gather(lo + row_user),
+                    "rank": rank.astype(np.int32),
+                    "item_id": self.item_ids.gather(top_i[keep]),
+                    "score": top_s[keep].astype(np.float32),
+                    "reason": pl.repeat("history", int(keep.sum()), eager=True, dtype=pl.Utf8)
+                    if reason is None
+                    else pl.Series(reason[keep].tolist(), dtype=pl.Utf8),
+                    "because_item_id": self.item_ids.gather(because[keep]),
+                },
+                schema=SCHEMA,
+            )
+        )
+        if len(self.pending) == BATCHES_PER_PART:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.rows += _write_part(
+                self.pending, self.folder, self.parts, self.listed, self.columns
+            )
+            self.parts, self.pending = self.parts + 1, []
 
 
 def _write_part(

@@ -473,3 +473,43 @@ def test_a_list_with_a_repeated_item_is_never_written() -> None:
     )
     with pytest.raises(ContractError, match="rank gaps"):
         score._check_frame(frame)
+
+
+def test_overlapped_batches_write_the_same_rows_in_order_and_stop_on_a_writer_error(
+    run1, tmp_path: Path, monkeypatch
+) -> None:
+    """Reading, scoring and writing overlap (score.OVERLAP batches each side): many small
+    batches, several parts, give the rows one batch gives, in the same order; an error
+    in the writing thread stops the shard and leaves no finished folder behind."""
+    settings = isolated(run1, tmp_path)
+    whole = score.score(settings, run1["snapshot"], "one", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    small = ScoreConfig(top_n=TOP_N, provider="cpu", batch_size=7, model_batch=3)
+    many = score.score(settings, run1["snapshot"], "many", small)
+    assert len(many["parts"]) > len(whole["parts"]) > 0  # 16 batches per part: several parts
+
+    def rows(run_id: str) -> pl.DataFrame:
+        folder = score.shard_dir(settings, run_id, 0, 1)
+        frame = pl.concat(pl.read_parquet(p) for p in sorted(folder.glob("part-*.parquet")))
+        return frame.drop(score.RUN_COLUMNS, strict=False)
+
+    a, b = rows("one"), rows("many")
+    cols = ["user_id", "rank", "item_id", "reason", "because_item_id"]
+    assert a.select(cols).equals(b.select(cols))  # same rows, same order: users sorted
+    assert np.allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-5)
+    assert many["users_written"] == whole["users_written"]
+    assert {"read_wait_seconds", "write_wait_seconds"} <= set(many)
+
+    calls = []
+    check = score._check_lists
+
+    def fails_on_the_fifth(top_i, keep, first_user, shard):  # a repeated item, batch 5
+        calls.append(first_user)
+        if len(calls) == 5:
+            raise ContractError(f"score shard {shard}: a list repeats an item (planted)")
+        check(top_i, keep, first_user, shard)
+
+    monkeypatch.setattr(score, "_check_lists", fails_on_the_fifth)
+    with pytest.raises(ContractError, match="planted"):
+        score.score(settings, run1["snapshot"], "broken", small)
+    assert not score.shard_dir(settings, "broken", 0, 1).exists()
+    assert len(calls) <= 5 + 2 * score.OVERLAP  # it stopped, it did not score the rest
