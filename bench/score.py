@@ -13,6 +13,9 @@ peak RSS is its own:
 - **nightrec core**: ``scorer.onnx`` through ONNX Runtime on the same batches, called as
   ``nightrec score`` calls it (``ScoreConfig.model_batch`` users per call): user encoding,
   inner products, neighbour terms, masking, top-N and the "because" item.
+- **nightrec core fp16** (CUDA only): the same, through the half-precision scorer that
+  CUDA serves where its gate passed (``quantize.half``), with the mean overlap of its
+  top N with the fp32 scorer's on the same users.
 - **nightrec end to end**: ``nightrec score`` on a snapshot: histories read from
   Parquet, the scorer, top-N rows written as Parquet parts.
 - **publish** of those rows (``nightrec publish``: the serving version, its checks, the
@@ -206,6 +209,35 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
         t = time.perf_counter()
         for h, seen in batches:
             run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk)
+    elif which == "core-fp16":  # the half-precision scorer that CUDA serves (``quantize``)
+        from nightrec import quantize
+
+        providers = choose_providers(provider)
+        if providers[0] == "CPUExecutionProvider":
+            return {"which": which, "skipped": "served on CUDA only (no CUDA provider here)"}
+        half = work / "scorer_fp16.onnx"
+        if not half.is_file():
+            quantize.half(folder / registry.SCORER, half)
+        sess = ort.InferenceSession(str(half), providers=providers)
+        full = ort.InferenceSession(str(folder / registry.SCORER), providers=providers)
+        t = time.perf_counter()
+        lists = [
+            run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, BATCH) for h, seen in batches
+        ]
+        seconds = time.perf_counter() - t
+        same = []
+        for (h, seen), got in zip(batches, lists, strict=True):
+            want = run_scorer(full, h, seen, (seen > 0).sum(1), bias, TOP_N, BATCH)[1]
+            same += [len(set(a) & set(b)) / TOP_N for a, b in zip(got[1], want, strict=True)]
+        return {
+            "which": which,
+            "users": n,
+            "seconds": seconds,
+            "users_per_s": n / seconds,
+            "peak_gb": peak_rss_gb(),
+            "provider": sess.get_providers()[0],
+            "overlap": float(np.mean(same)),  # of fp32's top N, on the same provider
+        }
     elif which == "torch-cuda":
         if not torch.cuda.is_available():
             return {"which": which, "skipped": "no CUDA device"}
@@ -291,7 +323,7 @@ def run_publish(work: Path, which: str) -> dict:
     return {"which": which, "rows": rows, "seconds": seconds, "peak_gb": peak_rss_gb()}
 
 
-PARTS = ("floor", "faiss", "torch-cuda", "core", "end-to-end")
+PARTS = ("floor", "faiss", "torch-cuda", "core", "core-fp16", "end-to-end")
 PUBLISH = ("publish-floor", "publish")
 
 
@@ -317,6 +349,8 @@ def table(rows: list[dict]) -> str:
             where = (
                 f" ({x['provider'].removesuffix('ExecutionProvider')})" if "provider" in x else ""
             )
+            if "overlap" in x:
+                where += f", top-{TOP_N} overlap with fp32 {x['overlap']:.4f}"
             lines.append(
                 f"| {r['scale']} | {part}{where} | {x['users']:,} | {x['users_per_s']:,.0f} | "
                 f"{ratio:.2f}x slower | {x['peak_gb']:.2f} |"

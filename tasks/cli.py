@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nightrec.config import (
     ContractError,
+    Fp16Config,
     Int8Config,
     ScoreConfig,
     Settings,
@@ -163,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                 default=Int8Config.tolerance,
                 help="largest relative drop of held-out NDCG@10 that int8 may cost",
             )
+            p.add_argument(
+                "--fp16",
+                choices=("auto", "on", "off"),
+                default=Fp16Config.enabled,
+                help="also an fp16 scorer, served on CUDA only where it ranks like fp32 "
+                "(auto: built where ONNX Runtime has CUDA)",
+            )
         if name == "run":
             p.add_argument("--no-retrain", action="store_true", help="score with the current model")
             p.add_argument(
@@ -216,6 +224,10 @@ def _int8(args: argparse.Namespace) -> Int8Config:
     return Int8Config(enabled=args.int8, tolerance=args.int8_tolerance)
 
 
+def _fp16(args: argparse.Namespace) -> Fp16Config:
+    return Fp16Config(enabled=args.fp16)
+
+
 def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     from nightrec import pipeline
 
@@ -243,7 +255,9 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "train":
         from nightrec.train import train
 
-        return train(settings, snap, as_of, TrainConfig(epochs=args.epochs), _int8(args))
+        return train(
+            settings, snap, as_of, TrainConfig(epochs=args.epochs), _int8(args), _fp16(args)
+        )
     if args.step == "evaluate":
         from nightrec.evaluate import evaluate
 
@@ -284,6 +298,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             retrain=not args.no_retrain,
             train_cfg=TrainConfig(epochs=args.epochs),
             int8_cfg=_int8(args),
+            fp16_cfg=_fp16(args),
             score_cfg=score_cfg,
             rank_cfg=rank_cfg,
             promote=args.promote,

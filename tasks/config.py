@@ -268,6 +268,38 @@ class Int8Config:
 
 
 @dataclass(frozen=True)
+class Fp16Config:
+    """The half-precision scorer for the GPU: ``scorer.onnx`` converted to fp16 (inputs and
+    outputs stay fp32), kept beside it only when it ranks the fit's held-out examples like
+    fp32 (``quantize``): the same masked entries, a mean top-100 overlap of at least
+    ``min_overlap`` and a relative NDCG@10 drop of at most ``tolerance``.
+
+    ``enabled``: ``auto`` builds it where ONNX Runtime offers CUDA on the machine that
+    trains (the gate then measures it on the GPU), ``on`` everywhere (measured on the CPU
+    there), ``off`` never. Only the CUDA provider serves it: on a CPU fp16 is emulated and
+    ~2x slower than fp32.
+    """
+
+    enabled: str = "auto"
+    tolerance: float = 0.01  # largest relative drop of held-out NDCG@10 ((fp32 - fp16) / fp32)
+    min_overlap: float = 0.98  # least mean share of fp32's top 100 that fp16's top 100 keeps
+
+    def __post_init__(self) -> None:
+        if self.enabled not in ("auto", "on", "off"):
+            raise ContractError(f"fp16 must be auto, on or off, got {self.enabled!r}")
+        check_number("fp16 tolerance", self.tolerance, 0.0, 1.0)
+        check_number("fp16 min_overlap", self.min_overlap, 0.0, 1.0)
+
+    def wanted(self) -> bool:
+        """Whether to build it here: ``on``, or ``auto`` with CUDA in ONNX Runtime."""
+        if self.enabled != "auto":
+            return self.enabled == "on"
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     top_n: int = 100
     batch_size: int = 1024  # users read, scored and turned into rows together

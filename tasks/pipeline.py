@@ -6,7 +6,15 @@ import datetime as dt
 import logging
 import time
 
-from nightrec.config import Int8Config, ScoreConfig, Settings, TrainConfig, check_as_of, safe_id
+from nightrec.config import (
+    Fp16Config,
+    Int8Config,
+    ScoreConfig,
+    Settings,
+    TrainConfig,
+    check_as_of,
+    safe_id,
+)
 from nightrec.ranking import RankConfig
 from nightrec.rules import RulesConfig
 
@@ -31,6 +39,7 @@ def run_all(
     lock_wait_s: float = 0.0,
     rule_cfg: RulesConfig | None = None,
     int8_cfg: Int8Config = Int8Config(),
+    fp16_cfg: Fp16Config = Fp16Config(),
 ) -> dict[str, dict]:
     """ingest -> snapshot -> embed -> train -> evaluate -> gate -> score -> publish -> report.
 
@@ -39,8 +48,8 @@ def run_all(
     One run at a time per home: a second ``run`` waits ``lock_wait_s`` for the first, then
     refuses with a message naming it. ``promote`` forces this run's model and serving
     version live even when its date is older than the live one. ``rule_cfg``: the
-    business rules scoring applies (None: none). ``int8_cfg``: the int8 scorer
-    (``quantize``).
+    business rules scoring applies (None: none). ``int8_cfg``, ``fp16_cfg``: the int8
+    (CPU) and fp16 (CUDA) scorers (``quantize``).
     """
     from nightrec import (
         embed,
@@ -71,7 +80,9 @@ def run_all(
         snap = step("snapshot", snapshot.snapshot, settings, as_of)
         step("embed", embed.embed, settings, snap)
         if retrain:
-            candidate = step("train", train.train, settings, snap, as_of, train_cfg, int8_cfg)
+            candidate = step(
+                "train", train.train, settings, snap, as_of, train_cfg, int8_cfg, fp16_cfg
+            )
             summary = step(
                 "evaluate",
                 evaluate.evaluate,

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from nightrec.config import Int8Config
+from nightrec.config import Fp16Config, Int8Config
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ MAX_EXAMPLES = 4096  # held-out examples ranked through both scorers
 TIMED_K = 100  # the top N timed: ScoreConfig.top_n's default
 REPEATS = 5  # timed passes per scorer (median), after one warm-up pass
 INTEGER_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+# ops the fp16 scorer keeps in fp32 (Casts around them): ONNX Runtime's CPU ScatterElements
+# has no fp16 add, and the gate may measure on the CPU
+FP16_KEPT_FP32 = ("ScatterElements",)
 
 
 def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
@@ -68,10 +72,31 @@ def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
     return {"products_int8": sum(op in INTEGER_OPS for op in ops), "products": products}
 
 
-def _session(path: Path):
+def half(src: Path, dst: Path) -> dict:
+    """Write ``dst``: ``src`` in fp16 (its item matrix and every float op but the scatter,
+    which ONNX Runtime's CPU kernels lack in fp16), with fp32 inputs and outputs."""
+    import warnings
+
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    with warnings.catch_warnings():  # "values truncated to fp16": what fp16 means
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(
+            onnx.load(str(src)),
+            keep_io_types=True,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEPT_FP32],
+        )
+    onnx.save(model, str(dst))
+    ops = [n.op_type for n in model.graph.node]
+    return {"products": sum(op in ("MatMul", "Gemm") for op in ops), "casts": ops.count("Cast")}
+
+
+def _session(path: Path, providers: list[str] | None = None):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    providers = providers or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers)
 
 
 def _rank(sess, hist: np.ndarray, codes: np.ndarray, bias: np.ndarray, k: int, batch: int = 128):
@@ -91,6 +116,12 @@ def _ndcg(top: np.ndarray, target: np.ndarray) -> float:
     return float(gain.mean()) if len(gain) else 0.0
 
 
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean share of each row of ``a`` [n, k] that the same row of ``b`` holds."""
+    k = a.shape[1]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+
+
 def _seconds(sess, hist: np.ndarray, codes: np.ndarray, bias: np.ndarray, k: int) -> float:
     """Median seconds of one pass over ``hist`` (after a warm-up pass)."""
     _rank(sess, hist, codes, bias, k)
@@ -104,40 +135,47 @@ def _seconds(sess, hist: np.ndarray, codes: np.ndarray, bias: np.ndarray, k: int
 
 def compare(
     fp32: Path,
-    int8: Path,
+    other: Path,
     hist: np.ndarray,
     target: np.ndarray,
     n_index: int,
     codes: np.ndarray | None = None,
+    name: str = "int8",
+    providers: list[str] | None = None,
 ) -> dict:
     """Both scorers on held-out examples (``hist`` [n, L], ``target`` [n], strength
-    ``codes`` [n, L] or None): NDCG@10 of
-    each, its relative drop, the mean overlap of their top 10s, whether they mask the same
-    entries, and the median seconds of a top-100 pass (CPU)."""
+    ``codes`` [n, L] or None): NDCG@10 of each (``other``'s under ``name``), its relative
+    drop, the mean overlap of their top 10s and top 100s, whether they mask the same
+    entries, and the median seconds of a top-100 pass, on ``providers`` (None: the CPU)."""
     bias = np.zeros(n_index, dtype=np.float32)
     bias[0] = -np.inf  # every item active; padding never ranked
-    s32, s8 = _session(fp32), _session(int8)
+    s32, s_other = _session(fp32, providers), _session(other, providers)
     k = min(K, n_index - 1)
     codes = np.zeros_like(hist) if codes is None else codes
     sc32, top32 = _rank(s32, hist, codes, bias, k)
-    sc8, top8 = _rank(s8, hist, codes, bias, k)
-    a, b = _ndcg(top32, target), _ndcg(top8, target)
-    # relative drop; int8 better is a negative drop; a model that never hits cannot drop
+    sc_o, top_o = _rank(s_other, hist, codes, bias, k)
+    a, b = _ndcg(top32, target), _ndcg(top_o, target)
+    # relative drop; the other better is a negative drop; a model that never hits cannot drop
     drop = (a - b) / a if a > 0 else 0.0
-    overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(top32, top8, strict=True)])
     timed = min(TIMED_K, n_index - 1)
-    t32, t8 = _seconds(s32, hist, codes, bias, timed), _seconds(s8, hist, codes, bias, timed)
+    wide32, wide_o = _rank(s32, hist, codes, bias, timed), _rank(s_other, hist, codes, bias, timed)
+    t32, t_o = _seconds(s32, hist, codes, bias, timed), _seconds(s_other, hist, codes, bias, timed)
     return {
         "metric": METRIC,
         "fp32": round(a, 6),
-        "int8": round(b, 6),
+        name: round(b, 6),
         "drop": round(drop, 6),
-        "overlap@10": round(float(overlap), 4),
-        "masked_equal": bool((np.isfinite(sc32) == np.isfinite(sc8)).all()),
+        "overlap@10": round(_overlap(top32, top_o), 4),
+        f"overlap@{timed}": round(_overlap(wide32[1], wide_o[1]), 4),
+        "masked_equal": bool(
+            (np.isfinite(sc32) == np.isfinite(sc_o)).all()
+            and (np.isfinite(wide32[0]) == np.isfinite(wide_o[0])).all()
+        ),
         "examples": len(target),
+        "provider": s_other.get_providers()[0],
         "fp32_ms": round(t32 * 1000, 3),
-        "int8_ms": round(t8 * 1000, 3),
-        "speedup": round(t32 / t8, 3) if t8 > 0 else None,
+        f"{name}_ms": round(t_o * 1000, 3),
+        "speedup": round(t32 / t_o, 3) if t_o > 0 else None,
     }
 
 
@@ -152,44 +190,111 @@ def build(
 
     Returns the manifest's ``int8`` record; ``int8`` exists afterwards only if ``used``.
     """
-    record: dict = {"used": False, "metric": METRIC, "tolerance": cfg.tolerance}
     if not cfg.enabled:
+        record = {"used": False, "metric": METRIC, "tolerance": cfg.tolerance}
         return {**record, "reason": "not asked (int8 off)"}
+    return _gated(
+        "int8",
+        lambda: quantize(fp32, int8, cfg),
+        fp32,
+        int8,
+        held_out,
+        n_index,
+        {
+            "tolerance": cfg.tolerance,
+            "per_channel": cfg.per_channel,
+            "reduce_range": cfg.reduce_range,
+        },
+        None,  # the CPU: int8 serves there only
+    )
+
+
+def build_fp16(
+    fp32: Path,
+    fp16: Path,
+    cfg: Fp16Config,
+    held_out: tuple[np.ndarray, ...] | None,
+    n_index: int,
+) -> dict:
+    """Convert ``fp32`` into ``fp16`` and keep it only where it ranks like fp32 (the same
+    masked entries, top-100 overlap >= ``cfg.min_overlap``, NDCG@10 drop <= ``cfg.tolerance``),
+    measured on the provider that would serve it (CUDA when ONNX Runtime has it here).
+
+    Returns the manifest's ``fp16`` record; ``fp16`` exists afterwards only if ``used``.
+    """
+    from nightrec.score import choose_providers
+
+    gate = {"tolerance": cfg.tolerance, "min_overlap": cfg.min_overlap, "enabled": cfg.enabled}
+    if not cfg.wanted():
+        reason = "off" if cfg.enabled == "off" else "auto, and no CUDA in ONNX Runtime here"
+        return {"used": False, "metric": METRIC, **gate, "reason": f"not built ({reason})"}
+    return _gated(
+        "fp16",
+        lambda: half(fp32, fp16),
+        fp32,
+        fp16,
+        held_out,
+        n_index,
+        gate,
+        choose_providers("auto"),
+    )
+
+
+def _gated(
+    name: str,
+    make: Callable[[], dict],
+    fp32: Path,
+    out: Path,
+    held_out: tuple[np.ndarray, ...] | None,
+    n_index: int,
+    gate: dict,
+    providers: list[str] | None,
+) -> dict:
+    """Make ``out`` (int8 or fp16) from ``fp32``, rank the held-out examples through both,
+    and keep ``out`` only within ``gate``; returns the manifest's record of it."""
+    record: dict = {"used": False, "metric": METRIC, **gate}
     if held_out is None or len(held_out[1]) == 0:
         return {**record, "reason": "no held-out examples to measure the drop on: fp32 kept"}
     # (histories, targets[, strengths]): without strengths none are read
-    hist, target, *codes = (part[:MAX_EXAMPLES] for part in held_out)
+    hist, target, *rest = (part[:MAX_EXAMPLES] for part in held_out)
+    codes = rest[0] if rest else None
     started = time.perf_counter()
     try:
-        ops = quantize(fp32, int8, cfg)
-        record.update(compare(fp32, int8, hist, target, n_index, *codes))
-    except Exception as exc:  # a graph the quantizer cannot take: fp32 still serves
-        int8.unlink(missing_ok=True)
-        log.warning("int8: quantizing the scorer failed (%s); fp32 kept", exc)
-        return {**record, "reason": f"quantization failed: {str(exc)[:200]}"}
-    record.update(ops, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
+        record.update(make())
+        record.update(compare(fp32, out, hist, target, n_index, codes, name, providers))
+    except Exception as exc:  # a graph the converter cannot take: fp32 still serves
+        out.unlink(missing_ok=True)
+        log.warning("%s: making the scorer failed (%s); fp32 kept", name, exc)
+        return {**record, "reason": f"{name} failed: {str(exc)[:200]}"}
+    wide = next(key for key in record if key.startswith("overlap@") and key != "overlap@10")
     if not record["masked_equal"]:
-        reason = "int8 masks other entries than fp32"
-    elif record["drop"] > cfg.tolerance:
-        reason = f"{METRIC} drop {record['drop']:.4%} > tolerance {cfg.tolerance:.4%}"
+        reason = f"{name} masks other entries than fp32"
+    elif record["drop"] > gate["tolerance"]:
+        reason = f"{METRIC} drop {record['drop']:.4%} > tolerance {gate['tolerance']:.4%}"
+    elif "min_overlap" in gate and record[wide] < gate["min_overlap"]:
+        reason = f"{wide} {record[wide]:.4f} < {gate['min_overlap']}"
     else:
-        reason = f"{METRIC} drop {record['drop']:.4%} <= tolerance {cfg.tolerance:.4%}"
+        reason = f"{METRIC} drop {record['drop']:.4%} <= tolerance {gate['tolerance']:.4%}"
+        if "min_overlap" in gate:
+            reason += f", {wide} {record[wide]:.4f} >= {gate['min_overlap']}"
         record["used"] = True
     if not record["used"]:
-        int8.unlink()
+        out.unlink()
     record["reason"] = reason
     record["seconds"] = round(time.perf_counter() - started, 2)
     log.info(
-        "int8: scorer %s: %s %.4f (fp32 %.4f) over %d held-out examples, %s; "
-        "top-10 overlap %.3f, %.2fx the fp32 speed on CPU",
+        "%s: scorer %s: %s %.4f (fp32 %.4f) over %d held-out examples, %s; "
+        "top-10 overlap %.3f, %.2fx the fp32 speed on %s",
+        name,
         "used" if record["used"] else "not used",
         METRIC,
-        record["int8"],
+        record[name],
         record["fp32"],
         record["examples"],
         reason,
         record["overlap@10"],
         record["speedup"] or 0.0,
+        record["provider"],
     )
     return record
 

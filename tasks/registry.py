@@ -2,7 +2,8 @@
 
 A version folder holds ``scorer.onnx`` (the fused top-N graph), ``encoder.pt`` (the
 PyTorch weights), ``items.parquet`` (item_id of each model index), ``scorer_int8.onnx``
-when the int8 scorer passed its gate (``quantize``; the manifest's ``int8`` says) and
+when the int8 scorer passed its gate (``quantize``; the manifest's ``int8`` says),
+``scorer_fp16.onnx`` when the half-precision scorer for the GPU passed its own (``fp16``) and
 ``manifest.json`` (config, data cut-off, metrics, package versions, parity, and the
 sha256 of every file). It is written under a temporary name and renamed into place;
 ``current`` is a symlink swapped atomically, and only after the parity check passed.
@@ -28,13 +29,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nightrec.config import ContractError, Int8Config, safe_id
+from nightrec.config import ContractError, Fp16Config, Int8Config, safe_id
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SCORER = "scorer.onnx"
 SCORER_INT8 = "scorer_int8.onnx"  # only where manifest["int8"]["used"] (``quantize``)
+SCORER_FP16 = "scorer_fp16.onnx"  # only where manifest["fp16"]["used"]; served on CUDA
 CURRENT = "current"
 PARITY_ATOL = 1e-4
 PACKAGES = ("torch", "onnx", "onnxruntime", "transformers", "duckdb", "polars", "numpy")
@@ -98,13 +100,16 @@ def export(
     int8: Int8Config = Int8Config(),
     held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     example_strength: np.ndarray | None = None,
+    fp16: Fp16Config = Fp16Config(),
 ) -> Path:
     """Export ``model`` (an Encoder) as a version folder and check ONNX/PyTorch parity.
 
     ``example_strength``: codes beside ``example_history`` (None: 0). ``int8`` enabled:
     the int8 scorer is measured on ``held_out`` (histories [n, L], targets [n],
     strengths [n, L]) and kept only within its tolerance (``quantize.build``); the
-    manifest's ``int8`` records the decision either way.
+    manifest's ``int8`` records the decision either way. ``fp16``: the same for the
+    half-precision scorer that CUDA serves (``quantize.build_fp16``; built where ``fp16``
+    wants it: by default where ONNX Runtime has CUDA).
     """
     import torch
 
@@ -157,6 +162,7 @@ def export(
     from nightrec import quantize
 
     int8_record = quantize.build(tmp / SCORER, tmp / SCORER_INT8, int8, held_out, n)
+    fp16_record = quantize.build_fp16(tmp / SCORER, tmp / SCORER_FP16, fp16, held_out, n)
     torch.save(model.state_dict(), tmp / "encoder.pt")
     item_index.write_parquet(tmp / "items.parquet")
     files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
@@ -167,6 +173,7 @@ def export(
         **extra,
         "parity": parity,
         "int8": int8_record,
+        "fp16": fp16_record,
         "packages": _versions(),
         "files": files,
     }
@@ -230,20 +237,26 @@ def check_parity(
 
 
 def scorer_file(version_dir: Path, manifest: dict, cpu: bool) -> Path:
-    """The scorer to run: the int8 one where its gate passed (manifest ``int8.used``) and
-    the provider is the CPU (the gate measured it there), else ``scorer.onnx``."""
-    record = manifest.get("int8") or {}
+    """The scorer to run: on the CPU the int8 one where its gate passed (manifest
+    ``int8.used``: the gate measured it there), on another provider (CUDA) the fp16 one
+    where its gate passed (``fp16.used``); else ``scorer.onnx``."""
+    kind, name = ("int8", SCORER_INT8) if cpu else ("fp16", SCORER_FP16)
+    record = manifest.get(kind) or {}
     if not (isinstance(record, dict) and record.get("used") is True):
+        other = manifest.get("fp16" if cpu else "int8") or {}
+        if isinstance(other, dict) and other.get("used") is True:
+            log.info(
+                "score: the %s scorer serves on %s only; here fp32 scores",
+                "fp16" if cpu else "int8",
+                "CUDA" if cpu else "the CPU",
+            )
         return version_dir / SCORER
-    if SCORER_INT8 not in manifest.get("files", {}):
+    if name not in manifest.get("files", {}):
         raise ContractError(
-            f"model version {version_dir.name!r}: its manifest says the int8 scorer is used "
-            f"but does not list {SCORER_INT8}"
+            f"model version {version_dir.name!r}: its manifest says the {kind} scorer is used "
+            f"but does not list {name}"
         )
-    if not cpu:
-        log.info("score: %s passed its gate on CPU; on this provider fp32 scores", SCORER_INT8)
-        return version_dir / SCORER
-    return version_dir / SCORER_INT8
+    return version_dir / name
 
 
 def model_key() -> bytes | None:

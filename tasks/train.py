@@ -46,7 +46,7 @@ import numpy as np
 import polars as pl
 
 from nightrec import registry, workers
-from nightrec.config import ContractError, Int8Config, Settings, TrainConfig
+from nightrec.config import ContractError, Fp16Config, Int8Config, Settings, TrainConfig
 from nightrec.embed import load_embeddings
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,21 @@ def training_examples(
 
 
 def fingerprint(
-    snapshot_dir: Path, cfg: TrainConfig, encoder: str, int8: Int8Config | None = None
+    snapshot_dir: Path,
+    cfg: TrainConfig,
+    encoder: str,
+    int8: Int8Config | None = None,
+    fp16: Fp16Config | None = None,
 ) -> str:
     """Same data, config, text encoder and training method -> same version id (a re-run
     changes nothing; an upgrade whose training differs trains again). An int8 request is
-    part of it (its folder differs); int8 off leaves the id as it was before int8."""
+    part of it (its folder differs); int8 off leaves the id as it was before int8. So is
+    an fp16 scorer, where one is built here (``Fp16Config.wanted``)."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
     if int8 is not None and int8.enabled:
         h.update(json.dumps(dataclasses.asdict(int8), sort_keys=True).encode())
+    if fp16 is not None and fp16.wanted():
+        h.update(b"fp16" + json.dumps(dataclasses.asdict(fp16), sort_keys=True).encode())
     h.update(METHOD.encode())
     h.update(encoder.encode())
     for name in ("interactions.parquet", "items.parquet", "text_embeddings.npy"):
@@ -773,19 +780,21 @@ def train(
     as_of: dt.date,
     cfg: TrainConfig = TrainConfig(),
     int8: Int8Config = Int8Config(),
+    fp16: Fp16Config = Fp16Config(),
 ) -> str:
     """Train, export to ONNX and check parity; returns the model version (not promoted).
 
     Promotion is a separate step (``registry.promote``) so that a backfill's model never
     replaces a newer live one. ``int8``: also an int8 scorer, kept if it ranks the
-    held-out examples within its tolerance (``quantize``).
+    held-out examples within its tolerance (``quantize``). ``fp16``: the same for the
+    half-precision scorer CUDA serves (by default built where ONNX Runtime has CUDA).
     """
     from nightrec import quantize
 
     started = time.perf_counter()
     embed_info = json.loads((snapshot_dir / "embed.json").read_text())
     encoder = embed_info["encoder"]
-    version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder, int8)}"
+    version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder, int8, fp16)}"
     existing = settings.models_dir / version
     if existing.is_dir() and (existing / registry.MANIFEST).is_file():
         registry.verify(existing)
@@ -828,6 +837,7 @@ def train(
         example_history=np.tile(hist[:8], (2, 1))[:8],  # >= 2 rows: batch stays dynamic
         example_strength=np.tile(strength[:8], (2, 1))[:8],
         int8=int8,
+        fp16=fp16,
         held_out=(hist[valid], target[valid], strength[valid]),
     )
     log.info("train: %s trained and exported in %.1fs", version, time.perf_counter() - started)

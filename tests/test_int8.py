@@ -1,4 +1,5 @@
-"""The int8 scorer: served only within its tolerance, recorded in the sealed manifest."""
+"""The int8 (CPU) and fp16 (CUDA) scorers: each served only within its gate, recorded in
+the sealed manifest."""
 
 from __future__ import annotations
 
@@ -18,17 +19,26 @@ from test_model import (
     N_ITEMS,
     PARITY_CFG,
     PLANTED_CFG,
+    PROVIDERS,
     TEXT_DIM,
     A,
     B,
     C,
     D,
     _random_histories,
+    _reference_top,
     _write_planted,
 )
 
-from nightrec import embed, ingest, quantize, registry, score, snapshot, train
-from nightrec.config import ContractError, Int8Config, ScoreConfig, Settings
+from nightrec import embed, fusion, ingest, quantize, registry, score, snapshot, train
+from nightrec.config import (
+    ContractError,
+    Fp16Config,
+    Int8Config,
+    ScoreConfig,
+    Settings,
+    TrainConfig,
+)
 from nightrec.model import Encoder
 
 # enough held-out examples on the planted set (about 100) for the gate to measure on
@@ -127,13 +137,29 @@ def _random_model() -> Encoder:
     return model
 
 
-def _export(model: Encoder, models: Path, name: str, int8: Int8Config, held) -> Path:
+def _export(
+    model: Encoder,
+    models: Path,
+    name: str,
+    int8: Int8Config,
+    held,
+    fp16: Fp16Config = Fp16Config(enabled="off"),
+) -> Path:
     index = pl.DataFrame(
         {"item_id": [f"i{i:02d}" for i in range(1, N_ITEMS + 1)], "idx": np.arange(1, N_ITEMS + 1)}
     )
     example = _random_histories(np.random.default_rng(0), 8, PARITY_CFG.max_history)
     return registry.export(
-        model, models, name, index, dataclasses.asdict(PARITY_CFG), {}, example, int8, held
+        model,
+        models,
+        name,
+        index,
+        dataclasses.asdict(PARITY_CFG),
+        {},
+        example,
+        int8,
+        held,
+        fp16=fp16,
     )
 
 
@@ -213,3 +239,138 @@ def test_int8_config_bounds() -> None:
             Int8Config(enabled=True, tolerance=bad)
     record = quantize.build(Path("unused"), Path("unused"), Int8Config(), None, 3)
     assert record["used"] is False and record["reason"].startswith("not asked")
+
+
+def test_fp16_within_its_gate_is_kept_for_cuda_and_auto_builds_it_only_with_cuda(planted) -> None:
+    settings, snap = planted["settings"], planted["snapshot"]
+    version = train.train(settings, snap, AS_OF, HELD_CFG, fp16=Fp16Config(enabled="on"))
+    folder, manifest = registry.load_version(settings.models_dir, version)
+    record = manifest["fp16"]
+    assert record["used"] is True, record
+    assert record["masked_equal"] and record["drop"] <= 0.01
+    # top 100, or the whole catalog when smaller
+    wide = next(key for key in record if key.startswith("overlap@") and key != "overlap@10")
+    assert record[wide] >= record["min_overlap"] == 0.98
+    assert record["examples"] == manifest["metrics"]["valid_examples"] >= 50
+    assert record["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert record["products"] >= 1 and record["casts"] >= 2  # fp32 in and out, fp16 inside
+    assert manifest["files"][registry.SCORER_FP16] == registry.sha256(folder / "scorer_fp16.onnx")
+    # CUDA serves it, the CPU does not (emulated fp16 is slower there than fp32)
+    assert registry.scorer_file(folder, manifest, cpu=False).name == registry.SCORER_FP16
+    assert registry.scorer_file(folder, manifest, cpu=True).name == registry.SCORER
+    stats = score.score(settings, snap, "fp16-cpu", ScoreConfig(top_n=5, provider="cpu"), version)
+    assert stats["scorer"] == registry.SCORER
+    # its lists are the planted ones: run here on the CPU provider, as CUDA would serve it
+    sess = ort.InferenceSession(
+        str(folder / registry.SCORER_FP16), providers=["CPUExecutionProvider"]
+    )
+    items = pl.read_parquet(folder / "items.parquet")
+    idx = dict(zip(items["item_id"], items["idx"], strict=True))
+    hist = np.zeros((2, HELD_CFG.max_history), dtype=np.int64)
+    hist[0, -1], hist[1, -1] = idx[A], idx[C]
+    bias = np.zeros(items.height + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    top = sess.run(None, registry.scorer_inputs(hist, hist, bias, 3))[1]
+    names = items.sort("idx")["item_id"].to_list()
+    assert [names[top[0, 0] - 1], names[top[1, 0] - 1]] == [B, D]
+    assert idx[A] not in top[0] and idx[C] not in top[1]
+    # auto: built only where ONNX Runtime has CUDA, and then part of the version id
+    embed_info = json.loads((snap / "embed.json").read_text())
+    plain = train.fingerprint(snap, HELD_CFG, embed_info["encoder"])
+    auto = train.fingerprint(snap, HELD_CFG, embed_info["encoder"], fp16=Fp16Config())
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert (auto != plain) == has_cuda
+    assert version != f"v{AS_OF:%Y%m%d}-{plain}"
+    if not has_cuda:
+        record = quantize.build_fp16(Path("unused"), Path("unused"), Fp16Config(), None, 3)
+        assert record["used"] is False and "no CUDA" in record["reason"]
+
+
+def test_fp16_beyond_its_gate_is_refused_and_fp32_kept(tmp_path: Path) -> None:
+    model = _random_model()
+    hist = _random_histories(np.random.default_rng(3), 400, PARITY_CFG.max_history)
+    plain = _export(model, tmp_path, "v-plain", Int8Config(), None)
+    target = _fp32_top1(plain, hist)
+    strict = Fp16Config(enabled="on", tolerance=0.0, min_overlap=1.0)
+    folder = _export(model, tmp_path, "v-strict", Int8Config(), (hist, target), strict)
+    manifest = registry.verify(folder)
+    record = manifest["fp16"]
+    # the premise: fp16 rounding moves some first places of an untrained model's near ties
+    assert record["fp32"] == 1.0 and record["drop"] > 0, record
+    assert record["used"] is False and "> tolerance" in record["reason"]
+    assert registry.SCORER_FP16 not in manifest["files"]
+    assert not (folder / registry.SCORER_FP16).exists()
+    assert registry.scorer_file(folder, manifest, cpu=False).name == registry.SCORER
+    loose = Fp16Config(enabled="on", tolerance=min(1.0, record["drop"] * 2), min_overlap=0.5)
+    kept = _export(model, tmp_path, "v-loose", Int8Config(), (hist, target), loose)
+    assert registry.verify(kept)["fp16"]["used"] is True
+    for bad in (dict(enabled="yes"), dict(tolerance=-1.0), dict(min_overlap=2.0)):
+        with pytest.raises(ContractError, match="fp16"):
+            Fp16Config(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_fp16_scorer_matches_brute_force_within_half_precision(
+    tmp_path: Path, provider: str
+) -> None:
+    """The scoring contract on the fp16 graph, on every provider this host has: a two-stage
+    catalog with neighbour terms, against a NumPy fp32 reference over every item; never a
+    seen, inactive or padding item; the same lists however the users are split."""
+    n_items, length = 3999, 8
+    torch.manual_seed(5)
+    text = torch.randn(n_items + 1, 8)
+    text[0] = 0.0
+    cfg = TrainConfig(dim=16, max_history=length)
+    model = Encoder(text, cfg).eval()
+    rng = np.random.default_rng(9)
+    examples = rng.integers(0, n_items + 1, (20_000, length))
+    targets = rng.integers(1, n_items + 1, 20_000)
+    model.set_neighbours(fusion.tables(examples, targets, n_items + 1, 20), 2.0, 1.0)
+    index = pl.DataFrame(
+        {"item_id": [f"i{i:05d}" for i in range(1, n_items + 1)], "idx": np.arange(1, n_items + 1)}
+    )
+    held = (rng.integers(1, n_items + 1, (200, length)), rng.integers(1, n_items + 1, 200))
+    any_gate = Fp16Config(
+        enabled="on", tolerance=1.0, min_overlap=0.0
+    )  # the contract, not the gate
+    folder = registry.export(
+        model, tmp_path, "v-fp16", index, dataclasses.asdict(cfg), {}, held[0][:8],
+        held_out=held, fp16=any_gate,
+    )  # fmt: skip
+    assert registry.verify(folder)["fp16"]["used"] is True
+    sess = ort.InferenceSession(str(folder / registry.SCORER_FP16), providers=[provider])
+    assert sess.get_providers()[0] == provider
+
+    hist = rng.integers(1, n_items + 1, (64, length))
+    hist[:10, :5] = 0  # short histories
+    seen = np.concatenate([hist, rng.integers(1, n_items + 1, (64, 30))], axis=1)
+    bias = np.zeros(n_items + 1, np.float32)
+    bias[0] = -np.inf
+    bias[rng.choice(np.arange(1, n_items + 1), 300, replace=False)] = -np.inf
+    with torch.no_grad():
+        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
+    np.put_along_axis(full, seen, -np.inf, axis=1)
+    never = set(np.flatnonzero(bias < 0))
+    for k in (1, 100):
+        got_s, got_i, _ = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))
+        want_s, want_i = _reference_top(full, k)
+        # half precision: an fp16 ulp is ~1e-3 of the value; two half-ulps of the largest
+        tol = 1e-3 * np.abs(want_s[np.isfinite(want_s)]).max()
+        assert np.all(np.isfinite(got_s) == np.isfinite(want_s))
+        assert np.allclose(got_s, want_s, atol=tol, rtol=0)
+        gaps = np.abs(np.diff(want_s, axis=1)) > 2 * tol
+        apart = np.ones_like(want_s, dtype=bool)  # no other item within fp16's rounding
+        apart[:, 1:] &= gaps
+        apart[:, :-1] &= gaps
+        # not vacuous: every first place stands apart; in the dense top 100s (gaps ~2 tol)
+        # some 500 cells do
+        assert apart.mean() > (0.9 if k == 1 else 0.05)
+        assert np.array_equal(got_i[apart], want_i[apart])
+        overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got_i, want_i, strict=True)])
+        assert overlap >= 0.95
+        for row in range(len(hist)):
+            assert not set(got_i[row]) & (set(seen[row]) | never)
+        # shard invariance: the users scored in two other splits give the same rows
+        halves = [sess.run(None, registry.scorer_inputs(hist[s], seen[s], bias, k)) for s in
+                  (slice(0, 23), slice(23, None))]  # fmt: skip
+        assert np.array_equal(np.concatenate([h[1] for h in halves]), got_i)
