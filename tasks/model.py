@@ -265,16 +265,18 @@ class Encoder(nn.Module):
         p = self.drop.p
         if not self.training or p == 0.0:
             return x
-        return x * torch.rand(x.shape).ge_(p).to(x.dtype).mul_(1.0 / (1.0 - p))
+        keep = torch.rand(x.shape, device=x.device).ge_(p)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
     def _attend(self, hv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, L, dim] history vectors, [B, L] bool -> [B, dim]: the last position's state
         after causal self-attention (each position reads itself and earlier real items)."""
         x = hv + self.position[-hv.shape[1] :]
         length = hv.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool).tril()  # [L, L] j <= i
+        causal = torch.ones(length, length, dtype=torch.bool, device=hv.device).tril()  # j <= i
         allowed = causal.unsqueeze(0) & mask.unsqueeze(1)  # [B, L, L]
-        allowed = allowed | torch.eye(length, dtype=torch.bool).unsqueeze(0)  # pads: themselves
+        own = torch.eye(length, dtype=torch.bool, device=hv.device).unsqueeze(0)
+        allowed = allowed | own  # pads: themselves
         for block in self.blocks:
             x = block(x, allowed)
         return hv[:, -1] + self.final_norm(x[:, -1])
@@ -288,7 +290,7 @@ class Encoder(nn.Module):
         """Logits of the next item over the whole catalog: [B, M + 1] (padding at -inf)."""
         items = self.item_vectors(keep=keep)
         logits = self.user_vectors(history, items, strength=strength) @ items.T
-        return logits.index_fill(1, torch.tensor([0]), NEG)
+        return logits.index_fill(1, torch.tensor([0], device=logits.device), NEG)
 
     def sampled_logits(
         self,

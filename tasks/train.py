@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,30 @@ log = logging.getLogger(__name__)
 # dropout drawn from torch.rand (same model, other random draws and sums)
 METHOD = "encoder+neighbours-7"
 STRENGTH = "first_strength"  # the snapshot's column of strength codes
+DEVICE_ENV = "NIGHTREC_TRAIN_DEVICE"  # auto (CUDA when torch sees one), cpu or cuda
+
+
+def train_device() -> str:
+    """Where the encoder trains (``NIGHTREC_TRAIN_DEVICE``): ``auto`` (the default) is CUDA
+    when torch sees a GPU and the CPU otherwise; ``cuda`` without one is an error.
+
+    The epoch choice and the refit train there; neighbour tables, cold items and the
+    export run on the CPU. On CUDA a re-run is not bit for bit (its embedding backward
+    sums in thread order); on the CPU it is.
+    """
+    import torch
+
+    choice = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ContractError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {choice!r}")
+    if choice != "cpu" and torch.cuda.is_available():
+        return "cuda"
+    if choice == "cuda":
+        raise ContractError(
+            f"{DEVICE_ENV}=cuda, but torch {torch.__version__} sees no CUDA device "
+            f"(built for CUDA {torch.version.cuda})"
+        )
+    return "cpu"
 
 
 @dataclass
@@ -227,31 +252,37 @@ def fit(
     if strength is None:
         strength = np.zeros_like(hist)
     model = Encoder(text_emb, cfg)
-    opt = _optimizer(model, cfg)
     valid = holdout(len(target), cfg)
-    h_all, t_all = torch.from_numpy(hist[~valid]), torch.from_numpy(target[~valid])
-    h_val, t_val = torch.from_numpy(hist[valid]), torch.from_numpy(target[valid])
-    c_all, c_val = torch.from_numpy(strength[~valid]), torch.from_numpy(strength[valid])
     strengths = model.use_strengths(strength[~valid])
+    device = train_device()
+    model.to(device)
+    opt = _optimizer(model, cfg)
+
+    def on(x: np.ndarray):
+        return torch.from_numpy(x).to(device)
+
+    h_all, t_all, c_all = on(hist[~valid]), on(target[~valid]), on(strength[~valid])
+    h_val, t_val, c_val = on(hist[valid]), on(target[valid]), on(strength[valid])
     n_items, n = text_emb.shape[0], len(t_all)  # M + 1, training examples
     sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
-    log_q = _log_q(target[~valid], n_items, cfg)
+    log_q = _log_q(target[~valid], n_items, cfg).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     log.info(
         "train: %s softmax over %d items; %d examples, %d held out to choose the epoch; "
-        "strengths %s",
+        "strengths %s; on %s",
         "sampled" if sampled else "full",
         n_items - 1,
         n,
         len(t_val),
         "read" if strengths else "not read (fewer than two kinds)",
+        device,
     )
 
     refit = None
     if cfg.refit and valid.any() and len(target) >= PARALLEL_EXAMPLES and workers.available(2) > 1:
         # the refit needs only the epoch count: it trains in a process beside the epoch
         # choice, which tells it the best epoch so far and, at the end, the one to keep
-        refit = _Beside(text_emb, hist, target, strength, cfg, model.strength_map)
+        refit = _Beside(text_emb, hist, target, strength, cfg, model.strength_map.cpu(), device)
     try:
         losses: list[float] = []
         best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
@@ -334,6 +365,7 @@ def fit(
             _restore(model, opt, best_state)
         else:
             best_epoch = len(losses)
+        model.cpu()  # the tables, cold items and export: on the CPU
 
         def place_cold(model, h: np.ndarray, t: np.ndarray) -> np.ndarray:
             """Items absent from examples (h, t) lose their untrained id part (text alone places
@@ -361,6 +393,7 @@ def fit(
                     cfg,
                     chosen.strength_map,
                     _Fixed(best_epoch, cooled),
+                    device,
                 )
             else:
                 state, refit_losses = refit.result(cooled)
@@ -397,6 +430,7 @@ def fit(
             "fusion": fused,
             "refit_seconds": refit_seconds,  # after the epoch choice (the wait, when beside it)
             "refit_beside": refit is not None,
+            "device": device,
             "ensemble": model.twin is not None,
             "fit_seconds": round(time.perf_counter() - started, 2),
         }
@@ -426,7 +460,7 @@ def _epoch(model, opt, data, log_q, cfg: TrainConfig, rng, gen, abort=None) -> f
     n_items = model.text.shape[0]
     sampled = 0 < cfg.negatives and n_items - 1 > 2 * cfg.negatives
     total, n = 0.0, len(t)
-    order = torch.from_numpy(rng.permutation(n))
+    order = torch.from_numpy(rng.permutation(n)).to(t.device)
     model.train()
     for step, lo in enumerate(range(0, n, cfg.batch_size)):
         if abort is not None and step % 16 == 0 and abort():
@@ -435,9 +469,10 @@ def _epoch(model, opt, data, log_q, cfg: TrainConfig, rng, gen, abort=None) -> f
         b = order[lo : lo + cfg.batch_size]
         keep = None
         if cfg.id_dropout > 0:
-            keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float()
+            # drawn on the CPU whatever the device: the same streams everywhere
+            keep = (torch.rand(n_items, generator=gen) >= cfg.id_dropout).float().to(t.device)
         if sampled:
-            negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen)
+            negatives = torch.randint(1, n_items, (cfg.negatives,), generator=gen).to(t.device)
             logits, labels = model.sampled_logits(h[b], t[b], negatives, log_q, keep, c[b])
         else:
             logits, labels = model(h[b], keep, c[b]), t[b]
@@ -483,13 +518,16 @@ class _Shared:
         return int(self._final.value)
 
 
-def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epochs):
+def _refit(
+    text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epochs, device: str = "cpu"
+):
     """A fresh encoder trained on every example for ``epochs.final`` epochs, with random
     streams of its own (the same weights whether it ran after the epoch choice or beside
     it); returns (its state without the text buffer, the epochs' losses).
 
     ``epochs`` (``_Fixed`` or ``_Shared``): the states of epochs from ``best`` on are kept
-    until ``final`` is known.
+    until ``final`` is known. ``device``: where it trains (``train_device``); the state
+    comes back on the CPU.
     """
     import torch
 
@@ -499,11 +537,12 @@ def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epo
     torch.manual_seed(cfg.seed + 1 if cfg.ensemble else cfg.seed)
     model = Encoder(text_emb, cfg)
     model.strength_map.copy_(strength_map)  # the codes the epoch was chosen with
+    model.to(device)
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng([cfg.seed, 2])
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    data = (torch.from_numpy(hist), torch.from_numpy(target), torch.from_numpy(strength))
-    log_q = _log_q(target, text_emb.shape[0], cfg)
+    data = tuple(torch.from_numpy(x).to(device) for x in (hist, target, strength))
+    log_q = _log_q(target, text_emb.shape[0], cfg).to(device)
     kept: dict[int, tuple[dict, dict]] = {}  # epoch -> (model, optimizer) state
     losses: list[float] = []
 
@@ -541,7 +580,7 @@ def _refit(text_emb, hist, target, strength, cfg: TrainConfig, strength_map, epo
         log.info("train: refit cooldown epoch %d loss %.4f", len(cooled) - 1, loss)
     _wait(lambda: epochs.cooldown >= 0)
     model_state, _ = cooled[epochs.cooldown]
-    state = {k: v for k, v in model_state.items() if k != "text"}
+    state = {k: v.cpu() for k, v in model_state.items() if k != "text"}
     return state, losses[: final + epochs.cooldown]
 
 
@@ -577,7 +616,7 @@ def _cool(opt, cfg: TrainConfig, kept: int) -> None:
         group["lr"] = cfg.lr * cfg.lr_decay ** (kept - 1) * cfg.cooldown_lr
 
 
-def _refit_worker(queue, threads, level, out, best, final, cooldown, args) -> None:
+def _refit_worker(queue, threads, level, out, best, final, cooldown, args, device) -> None:
     """``_refit`` in a spawned process; puts ("ok", state as arrays, losses) or ("error",
     traceback) on ``out``."""
     import traceback
@@ -595,6 +634,7 @@ def _refit_worker(queue, threads, level, out, best, final, cooldown, args) -> No
             cfg,
             torch.from_numpy(strength_map),
             _Shared(best, final, cooldown),
+            device,
         )
         out.put(("ok", {k: v.numpy() for k, v in state.items()}, losses))
     except BaseException:
@@ -605,7 +645,9 @@ class _Beside:
     """The refit in a process of its own, started with the epoch choice; the host's torch
     threads are split between the two until it is closed."""
 
-    def __init__(self, text_emb, hist, target, strength, cfg: TrainConfig, strength_map) -> None:
+    def __init__(
+        self, text_emb, hist, target, strength, cfg: TrainConfig, strength_map, device: str
+    ) -> None:
         import multiprocessing as mp
 
         import torch
@@ -630,6 +672,7 @@ class _Beside:
                 self._final,
                 self._cooldown,
                 args,
+                device,
             ),
         )
         self._done = False

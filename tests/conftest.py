@@ -26,6 +26,9 @@ os.environ.update(
         "TRANSFORMERS_OFFLINE": "1",
     }
 )
+# models train on the CPU, whose runs repeat bit for bit (what many tests compare), even on
+# a GPU host; the CUDA training test asks for the GPU itself
+os.environ.setdefault("NIGHTREC_TRAIN_DEVICE", "cpu")
 sys.path.insert(0, str(REPO))
 
 from nightrec.config import Settings  # noqa: E402

@@ -356,7 +356,8 @@ def two_torch_threads():
     torch.set_num_threads(before)
 
 
-def test_training_is_deterministic(planted, tmp_path: Path, two_torch_threads) -> None:
+def test_training_is_deterministic(planted, tmp_path: Path, two_torch_threads, monkeypatch) -> None:
+    monkeypatch.setenv(train.DEVICE_ENV, "cpu")  # bit for bit on the CPU (CUDA: see below)
     cfg = dataclasses.replace(PLANTED_CFG, epochs=3)  # short: it runs twice, on two threads
     one = dataclasses.replace(planted["settings"], models_dir=tmp_path / "one")
     two = dataclasses.replace(planted["settings"], models_dir=tmp_path / "two")
@@ -377,7 +378,10 @@ def test_training_is_deterministic(planted, tmp_path: Path, two_torch_threads) -
     assert not np.array_equal(out1[0], other[0])
 
 
-def test_sampled_softmax_training_is_deterministic(planted, two_torch_threads, caplog) -> None:
+def test_sampled_softmax_training_is_deterministic(
+    planted, two_torch_threads, caplog, monkeypatch
+) -> None:
+    monkeypatch.setenv(train.DEVICE_ENV, "cpu")
     snap = planted["snapshot"]
     catalog = train.load_catalog(snap)
     cfg = dataclasses.replace(PLANTED_CFG, epochs=2, negatives=4)  # 12 items > 2 x 4: sampled
@@ -390,6 +394,43 @@ def test_sampled_softmax_training_is_deterministic(planted, two_torch_threads, c
     assert loss1 == loss2 and np.isfinite(loss1).all()
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_the_training_device_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv(train.DEVICE_ENV, raising=False)
+    assert train.train_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(train.DEVICE_ENV, " CPU ")
+    assert train.train_device() == "cpu"
+    monkeypatch.setenv(train.DEVICE_ENV, "gpu0")
+    with pytest.raises(ContractError, match="must be auto, cpu or cuda, got 'gpu0'"):
+        train.train_device()
+    monkeypatch.setenv(train.DEVICE_ENV, "cuda")
+    if torch.cuda.is_available():
+        assert train.train_device() == "cuda"
+    else:
+        with pytest.raises(ContractError, match="sees no CUDA device"):
+            train.train_device()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+def test_training_on_cuda_learns_the_planted_follow_ups(
+    planted, tmp_path: Path, monkeypatch
+) -> None:
+    """The epoch choice and the refit on the GPU: the same planted lists as on the CPU."""
+    monkeypatch.setenv(train.DEVICE_ENV, "cuda")
+    settings = dataclasses.replace(planted["settings"], models_dir=tmp_path / "models")
+    version = train.train(settings, planted["snapshot"], AS_OF, PLANTED_CFG)
+    folder, manifest = registry.load_version(settings.models_dir, version)
+    assert manifest["metrics"]["device"] == "cuda"
+    items = pl.read_parquet(folder / "items.parquet").sort("idx")["item_id"].to_list()
+    idx = {item: i + 1 for i, item in enumerate(items)}
+    hist = np.zeros((2, PLANTED_CFG.max_history), dtype=np.int64)
+    hist[0, -1], hist[1, -1] = idx[A], idx[C]
+    bias = np.zeros(len(items) + 1, dtype=np.float32)
+    bias[0] = -np.inf
+    sess = ort.InferenceSession(str(folder / registry.SCORER), providers=["CPUExecutionProvider"])
+    top = sess.run(None, registry.scorer_inputs(hist, hist, bias, 1))[1][:, 0]
+    assert [items[i - 1] for i in top] == [B, D]
 
 
 def test_sampled_logits_project_each_item_once_with_the_plain_logits_and_gradients() -> None:
