@@ -74,10 +74,47 @@ def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) 
     return out
 
 
+def text_gemm_floor(base, texts: list[str]) -> float:
+    """texts/s of the encoder's matrix products alone, in NumPy (float32, all cores): the
+    same batches ``encode`` makes (longest first, ``EmbedConfig.batch_size``, padded to
+    each batch's longest), every layer's Q/K/V, attention, output and feed-forward
+    products, and nothing else (no embedding, softmax, norm, GELU or tokenizing): what any
+    fp32 runtime of this encoder must at least do."""
+    import numpy as np
+
+    cfg = base.model.config
+    h, inner, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    rng = np.random.default_rng(0)
+    w_h, w_up, w_down = (
+        rng.standard_normal(shape).astype(np.float32) for shape in ((h, h), (h, inner), (inner, h))
+    )
+    order = sorted(texts, key=len, reverse=True)
+    size = base.cfg.batch_size
+    shapes = [
+        (
+            len(order[lo : lo + size]),
+            base._tokens(order[lo : lo + size], "np")["input_ids"].shape[1],
+        )
+        for lo in range(0, len(order), size)
+    ]
+    t0 = time.perf_counter()
+    for b, t in shapes:
+        x = rng.standard_normal((b * t, h)).astype(np.float32)
+        for _ in range(cfg.num_hidden_layers):
+            q, k, v = x @ w_h, x @ w_h, x @ w_h
+            split = (b, t, heads, h // heads)
+            q, k, v = (m.reshape(split).transpose(0, 2, 1, 3) for m in (q, k, v))
+            ctx = (q @ k.transpose(0, 1, 3, 2)) @ v  # [b, heads, t, h / heads]
+            x = ctx.transpose(0, 2, 1, 3).reshape(b * t, h) @ w_h
+            x = (x @ w_up) @ w_down
+    return len(order) / (time.perf_counter() - t0)
+
+
 def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
     """texts/s of the PyTorch encoder, the ONNX one and the int8 ONNX one on the same item
     texts, and the lowest cosine of each one's vectors to PyTorch's (the drift gate's
-    measure: ``EmbedConfig.min_cosine``)."""
+    measure: ``EmbedConfig.min_cosine``); beside them the fp32 GEMM floor of those texts
+    (``text_gemm_floor``)."""
     import polars as pl
 
     from nightrec import embed
@@ -100,6 +137,7 @@ def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
         out[name] = len(texts) / (time.perf_counter() - t)
         ref = vectors if ref is None else ref
         out[f"{name}_min_cosine"] = float((vectors * ref).sum(1).min())
+    out["gemm_floor"] = max(text_gemm_floor(base, texts) for _ in range(2))  # best of two
     return out
 
 
@@ -160,6 +198,7 @@ def table(results: list[dict]) -> str:
         "embed texts/s cold / warm s",
         "text encoder onnx/torch texts/s",
         "int8 onnx texts/s (min cosine)",
+        "text GEMM floor texts/s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -183,6 +222,7 @@ def table(results: list[dict]) -> str:
             f"{r['embed_runtimes'].get('onnx-int8', 0):,.0f} "
             f"(x{r['embed_runtimes'].get('onnx-int8', 0) / r['embed_runtimes']['torch']:.2f}, "
             f"{r['embed_runtimes'].get('onnx-int8_min_cosine', float('nan')):.4f})",
+            f"{r['embed_runtimes'].get('gemm_floor', 0):,.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
