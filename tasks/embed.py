@@ -65,6 +65,8 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
         self.dim = int(self.model.config.hidden_size)
+        # on the GPU when torch sees one (the ONNX encoder takes ONNX Runtime's CUDA)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     runtime = "torch"
 
@@ -82,8 +84,11 @@ class TextEncoder:
         """[b, dim] unit vectors of one batch."""
         torch = self.torch
         enc = self._tokens(texts, "pt")
+        if self.device != "cpu":
+            self.model.to(self.device)  # once; a no-op after
         with torch.inference_mode():
-            return Pooled(self.model)(enc["input_ids"], enc["attention_mask"]).numpy()
+            ids, mask = (enc[k].to(self.device) for k in ("input_ids", "attention_mask"))
+            return Pooled(self.model)(ids, mask).cpu().numpy()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -171,7 +176,7 @@ def export_onnx(
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     started = time.perf_counter()
     torch.onnx.export(
-        Pooled(torch_enc.model),
+        Pooled(torch_enc.model.cpu()),  # traced on the CPU, whatever device it ran on
         (example["input_ids"], example["attention_mask"]),
         str(tmp),
         dynamo=False,  # the TorchScript exporter handles the Hugging Face model as is
@@ -210,7 +215,7 @@ def pick_encoder(
     """
     torch_enc = TextEncoder(model_dir, cfg)
     if cfg.runtime == "torch":
-        return torch_enc, encoder, {"runtime": "torch"}
+        return torch_enc, encoder, {"runtime": "torch", "device": torch_enc.device}
     key = encoder + ("-int8" if cfg.quantize else "")
     try:
         path = export_onnx(settings, model_dir, encoder, cfg.quantize, torch_enc)
