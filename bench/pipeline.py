@@ -110,18 +110,15 @@ def text_gemm_floor(base, texts: list[str]) -> float:
     return len(order) / (time.perf_counter() - t0)
 
 
-def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
+def embed_runtimes(settings, texts: list[str], floor: bool = True) -> dict:
     """texts/s of the PyTorch encoder, the ONNX one and the int8 ONNX one on the same item
     texts, and the lowest cosine of each one's vectors to PyTorch's (the drift gate's
-    measure: ``EmbedConfig.min_cosine``); beside them the fp32 GEMM floor of those texts
-    (``text_gemm_floor``)."""
-    import polars as pl
-
+    measure: ``EmbedConfig.min_cosine``); beside them (``floor``) the CPU's fp32 GEMM
+    floor of those texts (``text_gemm_floor``). Each runtime on its device: CUDA where
+    torch / ONNX Runtime have it (``<name>_device``)."""
     from nightrec import embed
     from nightrec.config import EmbedConfig
 
-    texts = pl.read_parquet(snap / "items.parquet", columns=["item_text"])["item_text"]
-    texts = texts.head(sample).to_list()
     model_dir = settings.text_model_path()
     key = embed.encoder_fingerprint(model_dir)
     base = embed.TextEncoder(model_dir, EmbedConfig())
@@ -132,12 +129,15 @@ def embed_runtimes(settings, snap, sample: int = 1024) -> dict:
     out: dict = {}
     ref = None
     for name, enc in encoders.items():
+        enc.encode(texts[: EmbedConfig().batch_size])  # warm-up: the device, its kernels
+        out[f"{name}_device"] = getattr(enc, "provider", None) or base.device
         t = time.perf_counter()
         vectors = enc.encode(texts)
         out[name] = len(texts) / (time.perf_counter() - t)
         ref = vectors if ref is None else ref
         out[f"{name}_min_cosine"] = float((vectors * ref).sum(1).min())
-    out["gemm_floor"] = max(text_gemm_floor(base, texts) for _ in range(2))  # best of two
+    if floor:
+        out["gemm_floor"] = max(text_gemm_floor(base, texts) for _ in range(2))  # best of two
     return out
 
 
@@ -145,6 +145,8 @@ def run_one(users: int, items: int, workdir: Path) -> dict:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import polars as pl
+
     from nightrec import embed, ingest, publish, registry, score, snapshot, train
     from nightrec.config import ScoreConfig, Settings
     from nightrec.synth import SynthConfig, generate
@@ -170,7 +172,8 @@ def run_one(users: int, items: int, workdir: Path) -> dict:
     t = time.perf_counter()
     embed.embed(settings, snap)  # warm: every text from the cache
     res["embed_warm_seconds"] = time.perf_counter() - t
-    res["embed_runtimes"] = embed_runtimes(settings, snap)
+    item_texts = pl.read_parquet(snap / "items.parquet", columns=["item_text"])["item_text"]
+    res["embed_runtimes"] = embed_runtimes(settings, item_texts.head(1024).to_list())
     version = step("train", train.train, settings, snap, as_of)
     registry.promote(settings.models_dir, version)  # train no longer promotes by itself
     sc = step("score", score.score, settings, snap, "bench", ScoreConfig())
