@@ -14,6 +14,8 @@ import pytest
 import torch
 from conftest import AS_OF
 from test_model import (
+    BIG_ITEMS,
+    BIG_LENGTH,
     HELD_A,
     HELD_C,
     N_ITEMS,
@@ -28,16 +30,17 @@ from test_model import (
     _random_histories,
     _reference_top,
     _write_planted,
+    big_catalog,
+    big_queries,
 )
 
-from nightrec import embed, fusion, ingest, quantize, registry, score, snapshot, train
+from nightrec import embed, ingest, quantize, registry, score, snapshot, train
 from nightrec.config import (
     ContractError,
     Fp16Config,
     Int8Config,
     ScoreConfig,
     Settings,
-    TrainConfig,
 )
 from nightrec.model import Encoder
 
@@ -316,40 +319,17 @@ def test_fp16_scorer_matches_brute_force_within_half_precision(
     """The scoring contract on the fp16 graph, on every provider this host has: a two-stage
     catalog with neighbour terms, against a NumPy fp32 reference over every item; never a
     seen, inactive or padding item; the same lists however the users are split."""
-    n_items, length = 3999, 8
-    torch.manual_seed(5)
-    text = torch.randn(n_items + 1, 8)
-    text[0] = 0.0
-    cfg = TrainConfig(dim=16, max_history=length)
-    model = Encoder(text, cfg).eval()
-    rng = np.random.default_rng(9)
-    examples = rng.integers(0, n_items + 1, (20_000, length))
-    targets = rng.integers(1, n_items + 1, 20_000)
-    model.set_neighbours(fusion.tables(examples, targets, n_items + 1, 20), 2.0, 1.0)
-    index = pl.DataFrame(
-        {"item_id": [f"i{i:05d}" for i in range(1, n_items + 1)], "idx": np.arange(1, n_items + 1)}
+    draw = np.random.default_rng(1)
+    held = (
+        draw.integers(1, BIG_ITEMS + 1, (200, BIG_LENGTH)),
+        draw.integers(1, BIG_ITEMS + 1, 200),
     )
-    held = (rng.integers(1, n_items + 1, (200, length)), rng.integers(1, n_items + 1, 200))
-    any_gate = Fp16Config(
-        enabled="on", tolerance=1.0, min_overlap=0.0
-    )  # the contract, not the gate
-    folder = registry.export(
-        model, tmp_path, "v-fp16", index, dataclasses.asdict(cfg), {}, held[0][:8],
-        held_out=held, fp16=any_gate,
-    )  # fmt: skip
+    any_gate = Fp16Config(enabled="on", tolerance=1.0, min_overlap=0.0)  # the contract only
+    model, folder, rng = big_catalog(tmp_path, True, held_out=held, fp16=any_gate)
     assert registry.verify(folder)["fp16"]["used"] is True
     sess = ort.InferenceSession(str(folder / registry.SCORER_FP16), providers=[provider])
     assert sess.get_providers()[0] == provider
-
-    hist = rng.integers(1, n_items + 1, (64, length))
-    hist[:10, :5] = 0  # short histories
-    seen = np.concatenate([hist, rng.integers(1, n_items + 1, (64, 30))], axis=1)
-    bias = np.zeros(n_items + 1, np.float32)
-    bias[0] = -np.inf
-    bias[rng.choice(np.arange(1, n_items + 1), 300, replace=False)] = -np.inf
-    with torch.no_grad():
-        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
-    np.put_along_axis(full, seen, -np.inf, axis=1)
+    hist, seen, bias, full = big_queries(model, rng)
     never = set(np.flatnonzero(bias < 0))
     for k in (1, 100):
         got_s, got_i, _ = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))

@@ -542,6 +542,55 @@ PROVIDERS = [
 ]
 
 
+BIG_ITEMS, BIG_LENGTH = 3999, 8  # a catalog big enough for the two-stage top-N
+
+
+def big_catalog(tmp_path: Path, fused: bool, **export) -> tuple[Encoder, Path, np.random.Generator]:
+    """An untrained encoder over ``BIG_ITEMS`` items (neighbour terms when ``fused``),
+    exported to ``tmp_path`` (``export``: more of ``registry.export``'s arguments); and
+    the random stream the queries come from (``big_queries``)."""
+    torch.manual_seed(5)
+    text = torch.randn(BIG_ITEMS + 1, 8)
+    text[0] = 0.0
+    cfg = TrainConfig(dim=16, max_history=BIG_LENGTH)
+    model = Encoder(text, cfg).eval()
+    rng = np.random.default_rng(9)
+    if fused:
+        examples = rng.integers(0, BIG_ITEMS + 1, (20_000, BIG_LENGTH))
+        targets = rng.integers(1, BIG_ITEMS + 1, 20_000)
+        model.set_neighbours(fusion.tables(examples, targets, BIG_ITEMS + 1, 20), 2.0, 1.0)
+        assert model.fused
+    ids = np.arange(1, BIG_ITEMS + 1)
+    index = pl.DataFrame({"item_id": [f"i{i:05d}" for i in ids], "idx": ids})
+    example = rng.integers(1, BIG_ITEMS + 1, (8, BIG_LENGTH))
+    cfg_dict = dataclasses.asdict(cfg)
+    folder = registry.export(model, tmp_path, "v-big", index, cfg_dict, {}, example, **export)
+    return model, folder, rng
+
+
+def big_queries(
+    model: Encoder, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """64 histories (some short), their seen items (more than the history), an item bias
+    with 300 inactive items, and the NumPy reference's scores of every item with those
+    masked: (hist, seen, bias, full)."""
+    hist = rng.integers(1, BIG_ITEMS + 1, (64, BIG_LENGTH))
+    hist[:10, :5] = 0  # short histories
+    seen = np.concatenate([hist, rng.integers(1, BIG_ITEMS + 1, (64, 30))], axis=1)
+    bias = np.zeros(BIG_ITEMS + 1, np.float32)
+    bias[0] = -np.inf
+    bias[rng.choice(np.arange(1, BIG_ITEMS + 1), 300, replace=False)] = -np.inf
+    return hist, seen, bias, masked_reference(model, hist, seen, bias)
+
+
+def masked_reference(model: Encoder, hist, seen, bias) -> np.ndarray:
+    """[B, M + 1] the encoder's scores of every item plus ``bias``, ``seen`` at -inf."""
+    with torch.no_grad():
+        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
+    np.put_along_axis(full, seen, -np.inf, axis=1)
+    return full
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("fused", [False, True])
 def test_large_catalog_scorer_matches_brute_force(
@@ -550,37 +599,13 @@ def test_large_catalog_scorer_matches_brute_force(
     """A catalog big enough for the two-stage top-N: ONNX against a NumPy reference over
     every item, with inactive and seen items masked (and neighbour terms when fused), on
     every execution provider this host has."""
-    n_items, length = 3999, 8
-    torch.manual_seed(5)
-    text = torch.randn(n_items + 1, 8)
-    text[0] = 0.0
-    cfg = TrainConfig(dim=16, max_history=length)
-    model = Encoder(text, cfg).eval()
-    rng = np.random.default_rng(9)
-    if fused:
-        examples = rng.integers(0, n_items + 1, (20_000, length))
-        targets = rng.integers(1, n_items + 1, 20_000)
-        model.set_neighbours(fusion.tables(examples, targets, n_items + 1, 20), 2.0, 1.0)
-        assert model.fused
+    model, folder, rng = big_catalog(tmp_path, fused)
     scorer = TopNScorer(model)
     assert scorer.block > 1 and scorer.item_matrix.shape[0] % scorer.block == 0
-    index = pl.DataFrame(
-        {"item_id": [f"i{i:05d}" for i in range(1, n_items + 1)], "idx": np.arange(1, n_items + 1)}
-    )
-    example = rng.integers(1, n_items + 1, (8, length))
-    folder = registry.export(model, tmp_path, "v-big", index, dataclasses.asdict(cfg), {}, example)
     sess = ort.InferenceSession(str(folder / registry.SCORER), providers=[provider])
     assert sess.get_providers()[0] == provider
 
-    hist = rng.integers(1, n_items + 1, (64, length))
-    hist[:10, :5] = 0  # short histories
-    seen = np.concatenate([hist, rng.integers(1, n_items + 1, (64, 30))], axis=1)
-    bias = np.zeros(n_items + 1, np.float32)
-    bias[0] = -np.inf
-    bias[rng.choice(np.arange(1, n_items + 1), 300, replace=False)] = -np.inf
-    with torch.no_grad():
-        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
-    np.put_along_axis(full, seen, -np.inf, axis=1)
+    hist, seen, bias, full = big_queries(model, rng)
     for k in (1, 100, 1000):
         got_s, got_i, _ = sess.run(None, registry.scorer_inputs(hist, seen, bias, k))
         want_s, want_i = _reference_top(full, k)
@@ -595,10 +620,8 @@ def test_large_catalog_scorer_matches_brute_force(
             assert not set(got_i[row]) & (set(seen[row]) | set(np.flatnonzero(bias < 0)))
     # most of the catalog inactive (the scorer drops -inf items with the seen ones, so
     # that scatter is then nearly catalog-wide): still the reference's lists
-    bias[rng.choice(np.arange(1, n_items + 1), 3600, replace=False)] = -np.inf
-    with torch.no_grad():
-        full = model.scores(torch.from_numpy(hist), model.item_vectors()).numpy() + bias
-    np.put_along_axis(full, seen, -np.inf, axis=1)
+    bias[rng.choice(np.arange(1, BIG_ITEMS + 1), 3600, replace=False)] = -np.inf
+    full = masked_reference(model, hist, seen, bias)
     got_s, got_i, _ = sess.run(None, registry.scorer_inputs(hist, seen, bias, 100))
     want_s, want_i = _reference_top(full, 100)
     assert np.allclose(got_s, want_s, atol=1e-4, rtol=0)
