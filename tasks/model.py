@@ -174,11 +174,17 @@ class Encoder(nn.Module):
 
     def _items(self, idx: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
         """``item_vectors`` of this member alone: [..., dim]."""
-        ids = self.item_id.weight if keep is None else self.item_id.weight * keep.unsqueeze(1)
+        weight = self.item_id.weight
         if idx is None:
+            ids = weight if keep is None else weight * keep.unsqueeze(1)
             return self.proj(self.text) + ids
-        # embedding lookups, not ids[idx]: their CPU backward is deterministic
-        return self.proj(self.text[idx]) + nn.functional.embedding(idx, ids)
+        # embedding lookups, not ids[idx]: their CPU backward is deterministic. The dropout
+        # multiplies the looked-up rows only, not the whole table (and its gradient) every
+        # step: keep is 0 or 1, so the values and the gradients are the same bit for bit
+        own = nn.functional.embedding(idx, weight)
+        if keep is not None:
+            own = own * keep[idx].unsqueeze(-1)
+        return self.proj(self.text[idx]) + own
 
     @torch.no_grad()
     def use_strengths(self, codes: np.ndarray) -> bool:

@@ -468,6 +468,33 @@ def test_sampled_logits_project_each_item_once_with_the_plain_logits_and_gradien
         assert torch.allclose(fast[2][k], slow[2][k], atol=1e-5), k
 
 
+def test_id_dropout_on_the_looked_up_rows_is_the_whole_tables_bit_for_bit() -> None:
+    """A step drops id parts on the rows it looks up, not on the whole item table (and its
+    gradient): the same vectors and the same gradients, bit for bit, as the table's."""
+    torch.manual_seed(1)
+    n, dim = 500, 16
+    model = Encoder(torch.randn(n + 1, 24), TrainConfig(dim=dim, max_history=4))
+    with torch.no_grad():
+        model.item_id.weight.normal_()
+    idx = torch.randint(0, n + 1, (64, 4))  # repeats and padding among them
+    keep = (torch.rand(n + 1) >= 0.3).float()
+    weights = torch.randn(64, 4, dim)
+
+    def run(rows: bool):
+        model.zero_grad()
+        if rows:
+            out = model._items(idx, keep)
+        else:  # the whole table dropped, then looked up
+            ids = model.item_id.weight * keep.unsqueeze(1)
+            out = model.proj(model.text[idx]) + torch.nn.functional.embedding(idx, ids)
+        (out * weights).sum().backward()
+        return out.detach(), model.item_id.weight.grad.clone(), model.proj.weight.grad.clone()
+
+    for a, b in zip(run(True), run(False), strict=True):
+        assert torch.equal(a, b)
+    assert keep.min() == 0 and run(True)[1][keep == 0].abs().sum() == 0  # dropped: no update
+
+
 def test_dropout_keeps_the_expected_share_and_is_off_when_scoring() -> None:
     """The history's dropout (drawn from ``torch.rand``) zeroes about ``dropout`` of the
     entries and scales the rest by 1 / (1 - dropout); in eval mode it is the identity."""
