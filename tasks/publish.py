@@ -49,6 +49,21 @@ from nightrec.locks import file_lock
 
 log = logging.getLogger(__name__)
 
+# the columns publish adds, which the score step writes into each part as it scores
+# (constant per run), so that publish takes the parts as they are instead of rewriting every
+# row. Here, not in ``score``: publish must not pay for importing torch
+RUN_COLUMNS = ("model_version", "run_id", "generated_at")
+
+
+def run_columns(model_version: str, run_id: str, as_of: str | None) -> dict | None:
+    """The published constant columns of a run (``generated_at``: midnight UTC of its
+    ``as_of``), as ``_SUCCESS.json`` lists them; None without an ``as_of``."""
+    if not as_of:
+        return None
+    at = dt.datetime.combine(dt.date.fromisoformat(as_of), dt.time(), dt.UTC)
+    return {"model_version": model_version, "run_id": run_id, "generated_at": at.isoformat()}
+
+
 SERVING_DB = "serving.duckdb"
 RECS_DIR = "recommendations"  # a version's rows: part-<shard>-<part>.parquet
 RECS_PARQUET = "recommendations.parquet"  # versions built before parts were linked
@@ -209,7 +224,7 @@ def _build_version(
 
     The score parts (rows already checked by the score step) become the version's
     ``recommendations/`` parts: linked as they are when every shard wrote this run's
-    constant columns (``score.run_columns``), else rewritten by DuckDB in one pass. The
+    constant columns (``run_columns``), else rewritten by DuckDB in one pass. The
     version's ``serving.duckdb`` holds a view over the parts and ``serving_info``. The
     folder is renamed into place, the view is made at its final path, and
     ``serving_info.json``, written last, marks the version complete.
@@ -232,7 +247,6 @@ def _build_version(
     users = sum(int(s["users_written"]) for s in stats)
     snapshot_dir = Path(stats[0].get("snapshot") or settings.snapshot_dir(as_of))
     check_coverage(stats, snapshot_dir, users)
-    from nightrec.score import run_columns  # the columns as the score step writes them
 
     generated_at = dt.datetime.combine(as_of, dt.time(), dt.UTC)
     columns = run_columns(model_version, run_id, as_of.isoformat())

@@ -32,6 +32,7 @@ import polars as pl
 from nightrec import db, ranking, registry, rules
 from nightrec.config import ContractError, ScoreConfig, Settings
 from nightrec.model import histories, padded_sets, plan_batches
+from nightrec.publish import RUN_COLUMNS, run_columns  # noqa: F401  (score.RUN_COLUMNS)
 from nightrec.ranking import RankConfig
 from nightrec.rules import RulesConfig
 from nightrec.train import load_sequences
@@ -48,18 +49,6 @@ SCHEMA = {
     "reason": pl.Utf8,
     "because_item_id": pl.Utf8,
 }
-# the columns publish adds, written into each part as it is scored (constant per run), so
-# that publish takes the parts as they are instead of rewriting every row
-RUN_COLUMNS = ("model_version", "run_id", "generated_at")
-
-
-def run_columns(model_version: str, run_id: str, as_of: str | None) -> dict | None:
-    """The published constant columns of a run (``generated_at``: midnight UTC of its
-    ``as_of``), as ``_SUCCESS.json`` lists them; None without an ``as_of``."""
-    if not as_of:
-        return None
-    at = dt.datetime.combine(dt.date.fromisoformat(as_of), dt.time(), dt.UTC)
-    return {"model_version": model_version, "run_id": run_id, "generated_at": at.isoformat()}
 
 
 def _with_run_columns(frame: pl.DataFrame, columns: dict | None) -> pl.DataFrame:

@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -513,3 +515,25 @@ def test_overlapped_batches_write_the_same_rows_in_order_and_stop_on_a_writer_er
         score.score(settings, run1["snapshot"], "broken", small)
     assert not score.shard_dir(settings, "broken", 0, 1).exists()
     assert len(calls) <= 5 + 2 * score.OVERLAP  # it stopped, it did not score the rest
+
+
+def test_publish_runs_without_importing_torch(run1, tmp_path: Path) -> None:
+    """Publish links parts and writes small tables: importing torch (2 s here) would be
+    most of its time at 10M rows. It shares the run columns with score, from publish."""
+    settings = isolated(run1, tmp_path)
+    score.score(settings, run1["snapshot"], "light", ScoreConfig(top_n=TOP_N, provider="cpu"))
+    code = (
+        "import sys, datetime as dt\n"
+        "from pathlib import Path as P\n"
+        "from nightrec import publish\n"
+        "from nightrec.config import Settings\n"
+        "s = Settings.from_env(home=P(sys.argv[1]), models_dir=P(sys.argv[2]))\n"
+        "publish.publish(s, 'light', dt.date.fromisoformat(sys.argv[3]))\n"
+        "print(sorted({'torch', 'onnxruntime'} & set(sys.modules)))\n"
+    )
+    args = [str(settings.home), str(settings.models_dir), AS_OF.isoformat()]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert publish.versions(settings)  # it did publish
