@@ -477,15 +477,18 @@ def test_a_list_with_a_repeated_item_is_never_written() -> None:
         score._check_frame(frame)
 
 
+@pytest.mark.parametrize("overlap", ["on", "off"])
 def test_overlapped_batches_write_the_same_rows_in_order_and_stop_on_a_writer_error(
-    run1, tmp_path: Path, monkeypatch
+    run1, tmp_path: Path, monkeypatch, overlap: str
 ) -> None:
-    """Reading, scoring and writing overlap (score.OVERLAP batches each side): many small
-    batches, several parts, give the rows one batch gives, in the same order; an error
-    in the writing thread stops the shard and leaves no finished folder behind."""
+    """Reading, scoring and writing overlap (score.OVERLAP batches each side; the default on
+    a GPU) or run in order (the default on the CPU): many small batches, several parts,
+    give the rows one batch gives, in the same order; an error while writing stops the
+    shard and leaves no finished folder behind."""
     settings = isolated(run1, tmp_path)
     whole = score.score(settings, run1["snapshot"], "one", ScoreConfig(top_n=TOP_N, provider="cpu"))
-    small = ScoreConfig(top_n=TOP_N, provider="cpu", batch_size=7, model_batch=3)
+    assert whole["overlapped"] is False  # auto, on the CPU
+    small = ScoreConfig(top_n=TOP_N, provider="cpu", batch_size=7, model_batch=3, overlap=overlap)
     many = score.score(settings, run1["snapshot"], "many", small)
     assert len(many["parts"]) > len(whole["parts"]) > 0  # 16 batches per part: several parts
 
@@ -500,6 +503,9 @@ def test_overlapped_batches_write_the_same_rows_in_order_and_stop_on_a_writer_er
     assert np.allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-5)
     assert many["users_written"] == whole["users_written"]
     assert {"read_wait_seconds", "write_wait_seconds"} <= set(many)
+    assert many["overlapped"] is (overlap == "on")
+    with pytest.raises(ContractError, match="overlap must be auto, on or off"):
+        ScoreConfig(overlap="yes")
 
     calls = []
     check = score._check_lists
