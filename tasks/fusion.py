@@ -104,12 +104,25 @@ def _top(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_items: int, wid
     m.sum_duplicates()
     counts = np.diff(m.indptr)
     r = np.repeat(np.arange(n_items), counts)
-    order = np.lexsort((m.indices, -m.data, r))  # rows in place, strongest first, then by col
-    rank = np.arange(len(order)) - np.repeat(m.indptr[:-1], counts)
+    data, cols = m.data, m.indices
+    # a row with more than ``width`` entries keeps those at least its width-th largest
+    # (ties included, so the order below cuts them by col as over the whole row): the sort
+    # then takes ~width entries a row, not all of them (at 1M users, 19M -> 2.5M)
+    heavy = np.flatnonzero(counts > width)
+    if len(heavy):
+        floor = np.zeros(n_items, dtype=data.dtype)
+        for i in heavy:
+            row = data[m.indptr[i] : m.indptr[i + 1]]
+            floor[i] = np.partition(row, len(row) - width)[len(row) - width]
+        kept = data >= floor[r]
+        r, data, cols = r[kept], data[kept], cols[kept]
+        counts = np.bincount(r, minlength=n_items)
+    order = np.lexsort((cols, -data, r))  # rows in place, strongest first, then by col
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
     keep = order[rank < width]
     slot = rank[rank < width]
-    idx[r[keep], slot] = m.indices[keep]
-    w[r[keep], slot] = m.data[keep]
+    idx[r[keep], slot] = cols[keep]
+    w[r[keep], slot] = data[keep]
     return idx, w
 
 
@@ -179,12 +192,15 @@ def choose(
 
     Fast and exact: only the few items a row's neighbour terms touch (``F`` <= width ·
     (1 + L)) change score between weight pairs. A pair's rank of the target is the
-    number of items whose plain score reaches the target's fused score (one sorted row,
-    a binary search), corrected on those ``F`` items: O(F) per pair, not O(M).
+    number of items whose plain score reaches the target's fused score (``_reaching``:
+    one pass over the row for every pair at once), corrected on those ``F`` items: O(F)
+    per pair, not O(M).
     """
     import torch
 
     combos = [(a, b) for a in grid for b in grid]
+    a_all = torch.tensor([[a for a, _ in combos]], dtype=torch.float32)  # [1, P]
+    b_all = torch.tensor([[b for _, b in combos]], dtype=torch.float32)
     total = torch.zeros(len(combos), dtype=torch.float64)
     n_items = unit.next_idx.shape[0]
     with torch.inference_mode():
@@ -210,12 +226,13 @@ def choose(
             first[:, 1:] = touched[:, 1:] != touched[:, :-1]
             s_f, n_f, c_f = s.gather(1, touched), nxt.gather(1, touched), near.gather(1, touched)
             real = first & (touched > 0) & (s_f > -torch.inf)
-            ordered = s.sort(1).values  # [B, M + 1] ascending
             s_t, n_t, c_t = (x.gather(1, t[:, None]) for x in (s, nxt, near))  # [B, 1]
+            mines = s_t + a_all * n_t + b_all * c_t  # every pair's fused target score, [B, P]
+            plain = _reaching(s, mines)  # [B, P] items whose plain score reaches each
             for i, (a, b) in enumerate(combos):
-                mine = s_t + a * n_t + b * c_t  # the target's fused score, [B, 1]
+                mine = mines[:, i : i + 1]  # the target's fused score, [B, 1]
                 # items reaching it: by plain score, then the touched ones by fused score
-                reach = n_items - torch.searchsorted(ordered, mine, right=False)[:, 0]
+                reach = plain[:, i].clone()
                 reach -= ((s_f >= mine) & real).sum(1)
                 reach += ((s_f + a * n_f + b * c_f >= mine) & real).sum(1)
                 rank = reach - 1  # the target reaches itself
@@ -224,3 +241,21 @@ def choose(
     # the best; among equals the lightest fusion (the encoder alone first)
     best = min(combos, key=lambda c: (-round(ndcg[c], 9), c[0] + c[1], c))
     return best[0], best[1], ndcg
+
+
+def _reaching(scores, thresholds):
+    """[B, P] count of each row's ``scores`` [B, M] that are >= each of its ``thresholds``
+    [B, P] (float32 tensors), exactly: every score is placed among the row's sorted
+    thresholds by a binary search (log P steps, not a sort of the M scores), and the
+    counts of the places summed from the top."""
+    import torch
+
+    b, p = thresholds.shape
+    ordered, order = thresholds.sort(1)  # [B, P] ascending
+    # place of a score: how many thresholds it reaches (>= each of them)
+    place = torch.searchsorted(ordered, scores, right=True)  # [B, M] in 0..P
+    rows = torch.arange(b).unsqueeze(1) * (p + 1)
+    counts = torch.bincount((place + rows).flatten(), minlength=b * (p + 1)).reshape(b, p + 1)
+    # the j-th smallest threshold is reached by every score placed above j
+    above = counts.flip(1).cumsum(1).flip(1)[:, 1:]  # [B, P]
+    return torch.empty_like(above).scatter_(1, order, above)

@@ -38,6 +38,34 @@ def test_tables_keep_the_strongest_width_neighbours() -> None:
     assert np.allclose(t.next_w[1], np.log1p([3, 2]) / np.log1p([3, 2]).mean())
 
 
+def test_tables_cut_ties_at_the_width_by_item_index() -> None:
+    # 4, 3 and 2 follow 1 twice each: the width keeps the lower indices, whatever the order
+    hist = np.ones((6, 1), dtype=np.int64)
+    t = fusion.tables(hist, np.array([4, 4, 3, 3, 2, 2]), 5, 2)
+    assert t.next_idx[1].tolist() == [2, 3] and t.near_idx[1].tolist() == [2, 3]
+
+
+def test_tables_match_a_full_sort_of_every_row() -> None:
+    """Rows far wider than the width (many ties among small counts) keep exactly what
+    sorting every row's entries by (weight desc, item) keeps."""
+    rng = np.random.default_rng(5)
+    n, width = 40, 4
+    hist = rng.integers(0, n + 1, (3000, 3))
+    target = rng.integers(1, n + 1, 3000)
+    t = fusion.tables(hist, target, n + 1, width)
+    last = hist[:, -1]
+    counts: dict = {}
+    for a, b in zip(last, target, strict=True):
+        if a > 0:
+            counts.setdefault(int(a), {}).setdefault(int(b), 0)
+            counts[int(a)][int(b)] += 1
+    for row in range(n + 1):
+        entries = sorted(counts.get(row, {}).items(), key=lambda e: (-e[1], e[0]))[:width]
+        want = [c for c, _ in entries] + [0] * (width - len(entries))
+        assert t.next_idx[row].tolist() == want, row
+    assert max(len(v) for v in counts.values()) > 5 * width  # the rows are wide
+
+
 def _untrained(n_items: int, seed: int = 0) -> Encoder:
     torch.manual_seed(seed)
     text = torch.randn(n_items + 1, 8)
