@@ -13,6 +13,10 @@ peak RSS is its own:
 - **nightrec core**: ``scorer.onnx`` through ONNX Runtime on the same batches, called as
   ``nightrec score`` calls it (``ScoreConfig.model_batch`` users per call): user encoding,
   inner products, neighbour terms, masking, top-N and the "because" item.
+- **nightrec core int8** (CPU only): the same, through the int8 scorer the CPU serves
+  where its gate passed (``quantize.quantize``; built by default where the item matrix
+  has >= 1M cells), with the mean overlap of its top N with the fp32 scorer's on the same
+  users. Not exact, so not what the floor ratio of the exact core is about.
 - **nightrec core fp16** (CUDA only): the same, through the half-precision scorer that
   CUDA serves where its gate passed (``quantize.half``), with the mean overlap of its
   top N with the fp32 scorer's on the same users.
@@ -214,25 +218,32 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
         t = time.perf_counter()
         for h, seen in batches:
             run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk)
-    elif which == "core-fp16":  # the half-precision scorer that CUDA serves (``quantize``)
+    elif which in ("core-fp16", "core-int8"):  # the scorers CUDA / the CPU may serve
         from nightrec import quantize
+        from nightrec.config import Int8Config
 
         providers = choose_providers(provider)
-        if providers[0] == "CPUExecutionProvider":
+        cpu = providers[0] == "CPUExecutionProvider"
+        if which == "core-fp16" and cpu:
             return {"which": which, "skipped": "served on CUDA only (no CUDA provider here)"}
-        half = work / "scorer_fp16.onnx"
-        if not half.is_file():
-            quantize.half(folder / registry.SCORER, half)
-        sess = ort.InferenceSession(str(half), providers=providers)
+        if which == "core-int8" and not cpu:
+            return {"which": which, "skipped": "served on the CPU only"}
+        path = work / f"scorer_{which.removeprefix('core-')}.onnx"
+        if not path.is_file() and which == "core-fp16":
+            quantize.half(folder / registry.SCORER, path)
+        elif not path.is_file():
+            quantize.quantize(folder / registry.SCORER, path, Int8Config(enabled="on"))
+        sess = ort.InferenceSession(str(path), providers=providers)
         full = ort.InferenceSession(str(folder / registry.SCORER), providers=providers)
+        chunk = ScoreConfig().model_batch if cpu else BATCH  # as `nightrec score` calls it
         t = time.perf_counter()
         lists = [
-            run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, BATCH) for h, seen in batches
+            run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk) for h, seen in batches
         ]
         took = time.perf_counter() - t
         same = []
         for (h, seen), got in zip(batches, lists, strict=True):
-            want = run_scorer(full, h, seen, (seen > 0).sum(1), bias, TOP_N, BATCH)[1]
+            want = run_scorer(full, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk)[1]
             same += [len(set(a) & set(b)) / TOP_N for a, b in zip(got[1], want, strict=True)]
         extra["overlap"] = float(np.mean(same))  # of fp32's top N, on the same provider
         t = time.perf_counter() - took  # the timed pass alone
@@ -322,7 +333,7 @@ def run_publish(work: Path, which: str) -> dict:
     return {"which": which, "rows": rows, "seconds": seconds, "peak_gb": peak_rss_gb()}
 
 
-PARTS = ("floor", "faiss", "torch-cuda", "core", "core-fp16", "end-to-end")
+PARTS = ("floor", "faiss", "torch-cuda", "core", "core-int8", "core-fp16", "end-to-end")
 PUBLISH = ("publish-floor", "publish")
 
 

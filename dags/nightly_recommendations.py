@@ -146,11 +146,13 @@ PARAMS = {
         "item the user interacted with.",
     ),
     "int8": Param(
-        False,
-        type="boolean",
+        "auto",
+        type=["string", "boolean"],
+        enum=["auto", "on", "off", True, False],
         title="int8 scorer",
         description="Also quantize the scorer to int8; it serves (on CPU) only if its held-out "
-        "NDCG@10 drop is within the tolerance. The manifest records the decision.",
+        "NDCG@10 drop is within the tolerance. auto: where the item matrix (items x width) "
+        "has at least a million cells, where int8 pays. The manifest records the decision.",
     ),
     "int8_tolerance": Param(
         0.01,

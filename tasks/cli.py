@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("train", "run"):
             p.add_argument(
                 "--int8",
-                action="store_true",
-                help="also an int8 scorer, served only within --int8-tolerance (CPU)",
+                choices=("auto", "on", "off"),
+                default=Int8Config.enabled,
+                help="also an int8 scorer, served (CPU) only within --int8-tolerance "
+                "(auto: where the item matrix has >= 1M cells)",
             )
             p.add_argument(
                 "--int8-tolerance",

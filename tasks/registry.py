@@ -161,7 +161,8 @@ def export(
     parity = check_parity(scorer, tmp / SCORER, example_history, bias, example_strength)
     from nightrec import quantize
 
-    int8_record = quantize.build(tmp / SCORER, tmp / SCORER_INT8, int8, held_out, n)
+    width = scorer.item_matrix.shape[1]
+    int8_record = quantize.build(tmp / SCORER, tmp / SCORER_INT8, int8, held_out, n, width)
     fp16_record = quantize.build_fp16(tmp / SCORER, tmp / SCORER_FP16, fp16, held_out, n)
     torch.save(model.state_dict(), tmp / "encoder.pt")
     item_index.write_parquet(tmp / "items.parquet")

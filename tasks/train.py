@@ -182,12 +182,17 @@ def fingerprint(
     fp16: Fp16Config | None = None,
 ) -> str:
     """Same data, config, text encoder and training method -> same version id (a re-run
-    changes nothing; an upgrade whose training differs trains again). An int8 request is
-    part of it (its folder differs); int8 off leaves the id as it was before int8. So is
-    an fp16 scorer, where one is built here (``Fp16Config.wanted``)."""
+    changes nothing; an upgrade whose training differs trains again). An int8 scorer that
+    may be built is part of it (its folder differs): ``on``, or ``auto`` where the
+    snapshot's catalog at the configured width (twice ``dim`` with the ensemble) is large
+    enough; the scorer's own matrix is never larger, so an id without it never gets one.
+    int8 off, or auto on a small catalog, leaves the id as it was before int8. So is an
+    fp16 scorer, where one is built here (``Fp16Config.wanted``)."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
-    if int8 is not None and int8.enabled:
-        h.update(json.dumps(dataclasses.asdict(int8), sort_keys=True).encode())
+    if int8 is not None and int8.enabled != "off":
+        items = pl.scan_parquet(snapshot_dir / "items.parquet").select(pl.len()).collect().item()
+        if int8.wanted(items + 1, cfg.dim * (2 if cfg.ensemble else 1)):
+            h.update(json.dumps(dataclasses.asdict(int8), sort_keys=True).encode())
     if fp16 is not None and fp16.wanted():
         h.update(b"fp16" + json.dumps(dataclasses.asdict(fp16), sort_keys=True).encode())
     h.update(METHOD.encode())

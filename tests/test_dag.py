@@ -7,6 +7,7 @@ import sys
 
 import duckdb
 import pytest
+from airflow.exceptions import ParamValidationError
 
 from tests.conftest import AS_OF, REPO
 
@@ -97,6 +98,12 @@ def test_tasks_edges_retries_and_pools(dagbag):
     # the business rules' Params default to "off" too
     rules = ("exclude_items", "exclude_user_items", "include_items", "consumable_days")
     assert [dag.params[name] for name in rules] == [False, False, False, 0]
+    # int8 auto: built where the item matrix is large; the flag it was still validates
+    int8 = dag.params.get_param("int8")
+    assert dag.params["int8"] == "auto"
+    assert [int8.resolve(v) for v in ("off", "on", True, False)] == ["off", "on", True, False]
+    with pytest.raises(ParamValidationError):
+        int8.resolve("maybe")
     assert dag.get_task("score").is_mapped if hasattr(dag.get_task("score"), "is_mapped") else True
     outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
     assert outlets == {"publish": ["nightrec_recommendations"]}

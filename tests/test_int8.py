@@ -118,7 +118,8 @@ def test_int8_without_held_out_examples_is_refused_and_output_unchanged(planted)
     asked = train.train(settings, snap, AS_OF, PLANTED_CFG, Int8Config(enabled=True))
     m_today = registry.verify(settings.models_dir / today)
     m_asked = registry.verify(settings.models_dir / asked)
-    assert m_today["int8"]["used"] is False and "not asked" in m_today["int8"]["reason"]
+    # int8 auto (the default) builds nothing for a catalog this small
+    assert m_today["int8"]["used"] is False and "not built (auto" in m_today["int8"]["reason"]
     assert m_asked["int8"]["used"] is False and "no held-out" in m_asked["int8"]["reason"]
     assert registry.SCORER_INT8 not in m_asked["files"]
     assert not (settings.models_dir / asked / registry.SCORER_INT8).exists()
@@ -240,8 +241,45 @@ def test_int8_config_bounds() -> None:
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ContractError, match="int8 tolerance"):
             Int8Config(enabled=True, tolerance=bad)
-    record = quantize.build(Path("unused"), Path("unused"), Int8Config(), None, 3)
+    off = Int8Config(enabled="off")
+    record = quantize.build(Path("unused"), Path("unused"), off, None, 3, 64)
     assert record["used"] is False and record["reason"].startswith("not asked")
+    # auto (the default): by the cells of the item matrix; the flag of before still reads
+    auto = Int8Config()
+    assert auto.enabled == "auto" and auto.auto_cells == 1_000_000
+    assert auto.wanted(5_209, 192) and not auto.wanted(5_208, 192)
+    assert Int8Config(enabled="on").wanted(3, 1) and not off.wanted(10**9, 256)
+    assert Int8Config(enabled=True).enabled == "on" and Int8Config(enabled=False) == off
+    for bad in (dict(enabled="yes"), dict(auto_cells=0), dict(auto_cells=True)):
+        with pytest.raises(ContractError, match="int8"):
+            Int8Config(**bad)  # type: ignore[arg-type]
+
+
+def test_int8_auto_builds_only_where_the_item_matrix_is_large_enough(planted) -> None:
+    """auto's threshold on the planted catalog: at its cells the int8 scorer is built (and
+    gated), one cell more and the version is the plain one, without an int8 file."""
+    settings, snap = planted["settings"], planted["snapshot"]
+    embed_info = json.loads((snap / "embed.json").read_text())
+    items = pl.read_parquet(snap / "items.parquet").height
+    cells = (items + 1) * HELD_CFG.dim * (2 if HELD_CFG.ensemble else 1)
+    plain = train.fingerprint(snap, HELD_CFG, embed_info["encoder"])
+    below = Int8Config(auto_cells=cells + 1)
+    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], below) == plain
+    at = Int8Config(auto_cells=cells)
+    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], at) != plain
+
+    built = train.train(settings, snap, AS_OF, HELD_CFG, at)
+    folder, manifest = registry.load_version(settings.models_dir, built)
+    record = manifest["int8"]
+    assert record["enabled"] == "auto" and record["used"] is True, record
+    assert record["drop"] <= 0.01 and (folder / registry.SCORER_INT8).is_file()
+    assert registry.scorer_file(folder, manifest, cpu=True).name == registry.SCORER_INT8
+
+    skipped = train.train(settings, snap, AS_OF, HELD_CFG, below)
+    assert skipped == f"v{AS_OF:%Y%m%d}-{plain}"
+    folder, manifest = registry.load_version(settings.models_dir, skipped)
+    assert manifest["int8"]["used"] is False and not (folder / registry.SCORER_INT8).exists()
+    assert registry.scorer_file(folder, manifest, cpu=True).name == registry.SCORER
 
 
 def test_fp16_within_its_gate_is_kept_for_cuda_and_auto_builds_it_only_with_cuda(planted) -> None:
