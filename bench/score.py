@@ -231,7 +231,7 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
         path = work / f"scorer_{which.removeprefix('core-')}.onnx"
         if not path.is_file() and which == "core-fp16":
             quantize.half(folder / registry.SCORER, path)
-        elif not path.is_file():
+        if not path.is_file() and which == "core-int8":
             quantize.quantize(folder / registry.SCORER, path, Int8Config(enabled="on"))
         sess = ort.InferenceSession(str(path), providers=providers)
         full = ort.InferenceSession(str(folder / registry.SCORER), providers=providers)
