@@ -152,7 +152,8 @@ PARAMS = {
         title="int8 scorer",
         description="Also quantize the scorer to int8; it serves (on CPU) only if its held-out "
         "NDCG@10 drop is within the tolerance. auto: where the item matrix (items x width) "
-        "has at least a million cells, where int8 pays. The manifest records the decision.",
+        "has at least a million cells, where int8 pays, and no CUDA serves fp32/fp16. The "
+        "manifest records the decision.",
     ),
     "int8_tolerance": Param(
         0.01,

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 choices=("auto", "on", "off"),
                 default=Int8Config.enabled,
                 help="also an int8 scorer, served (CPU) only within --int8-tolerance "
-                "(auto: where the item matrix has >= 1M cells)",
+                "(auto: where the item matrix has >= 1M cells and ONNX Runtime has no CUDA)",
             )
             p.add_argument(
                 "--int8-tolerance",

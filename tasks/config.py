@@ -254,7 +254,10 @@ class Int8Config:
     ``enabled``: ``auto`` (the default) builds it where the item matrix the scorer
     multiplies by has at least ``auto_cells`` cells (items x vector width): there the
     matrix product is most of the scorer's time and int8 pays (``bench/ranking.py``:
-    1.10-1.33x at 20k-50k items, 64-192 wide; none at 5k items x 64); ``on`` always,
+    1.10-1.33x at 20k-50k items, 64-192 wide; none at 5k items x 64), unless ONNX Runtime
+    has CUDA on the machine that trains: the CUDA provider serves the fp32 (or fp16)
+    scorer, never the int8 one, so quantizing and gating it there would only cost time
+    (``ScoreConfig.provider = "cpu"`` on a GPU machine wants ``on``). ``on`` always,
     ``off`` never. ``True``/``False`` (before ``auto``) read as ``on``/``off``.
     """
 
@@ -275,11 +278,14 @@ class Int8Config:
         check_number("int8 tolerance", self.tolerance, 0.0, 1.0)
         check_int("int8 auto_cells", self.auto_cells, 1, 2**62)
 
-    def wanted(self, items: int, width: int) -> bool:
-        """Whether to build it for an item matrix of ``items`` rows, ``width`` wide."""
+    def wanted(self, items: int, width: int, cuda: bool | None = None) -> bool:
+        """Whether to build it for an item matrix of ``items`` rows, ``width`` wide;
+        ``cuda``: whether ONNX Runtime has CUDA here (None: asked)."""
         if self.enabled != "auto":
             return self.enabled == "on"
-        return items * width >= self.auto_cells
+        if items * width < self.auto_cells:
+            return False
+        return not (cuda_in_onnxruntime() if cuda is None else cuda)
 
 
 @dataclass(frozen=True)
@@ -309,9 +315,14 @@ class Fp16Config:
         """Whether to build it here: ``on``, or ``auto`` with CUDA in ONNX Runtime."""
         if self.enabled != "auto":
             return self.enabled == "on"
-        import onnxruntime as ort
+        return cuda_in_onnxruntime()
 
-        return "CUDAExecutionProvider" in ort.get_available_providers()
+
+def cuda_in_onnxruntime() -> bool:
+    """Whether ONNX Runtime offers its CUDA provider on this machine."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @dataclass(frozen=True)

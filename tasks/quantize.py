@@ -1,9 +1,9 @@
 """The int8 scorer: ``scorer.onnx`` dynamically quantized, served only within a tolerance.
 
 ``Int8Config.enabled`` asks for it (``auto``, the default: where the scorer's item matrix
-is large enough for int8 to pay, ``Int8Config.wanted``); ``registry.export`` then
-quantizes the fp32 scorer (weights int8 per output column, activations quantized on the
-fly by ONNX Runtime) into
+is large enough for int8 to pay and ONNX Runtime has no CUDA to serve fp32 or fp16,
+``Int8Config.wanted``); ``registry.export`` then quantizes the fp32 scorer (weights int8
+per output column, activations quantized on the fly by ONNX Runtime) into
 ``scorer_int8.onnx`` and ranks the fit's held-out examples (``train.holdout``: never
 trained on) through both ONNX Runtime sessions. The int8 file is kept, checksummed like
 every file of the version, only if the relative drop of their NDCG@10,
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nightrec.config import Fp16Config, Int8Config
+from nightrec.config import Fp16Config, Int8Config, cuda_in_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,15 @@ def build(
 
     Returns the manifest's ``int8`` record; ``int8`` exists afterwards only if ``used``.
     """
-    if not cfg.wanted(n_index, width):
+    cuda = cfg.enabled == "auto" and cuda_in_onnxruntime()
+    if not cfg.wanted(n_index, width, cuda):
         record = {"used": False, "metric": METRIC, "tolerance": cfg.tolerance}
         if cfg.enabled == "off":
             return {**record, "reason": "not asked (int8 off)"}
-        why = f"auto: item matrix {n_index} x {width} < {cfg.auto_cells:,} cells"
+        if n_index * width < cfg.auto_cells:
+            why = f"auto: item matrix {n_index} x {width} < {cfg.auto_cells:,} cells"
+        else:
+            why = "auto: ONNX Runtime has CUDA here, which serves the fp32 or fp16 scorer"
         return {**record, "enabled": cfg.enabled, "reason": f"not built ({why})"}
     return _gated(
         "int8",

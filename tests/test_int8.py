@@ -41,6 +41,7 @@ from nightrec.config import (
     Int8Config,
     ScoreConfig,
     Settings,
+    cuda_in_onnxruntime,
 )
 from nightrec.model import Encoder
 
@@ -247,8 +248,11 @@ def test_int8_config_bounds() -> None:
     # auto (the default): by the cells of the item matrix; the flag of before still reads
     auto = Int8Config()
     assert auto.enabled == "auto" and auto.auto_cells == 1_000_000
-    assert auto.wanted(5_209, 192) and not auto.wanted(5_208, 192)
-    assert Int8Config(enabled="on").wanted(3, 1) and not off.wanted(10**9, 256)
+    assert auto.wanted(5_209, 192, cuda=False) and not auto.wanted(5_208, 192, cuda=False)
+    # where CUDA serves (the fp32 or fp16 scorer), auto builds no int8 one; on still does
+    assert not auto.wanted(10**9, 256, cuda=True)
+    assert Int8Config(enabled="on").wanted(3, 1, cuda=True) and not off.wanted(10**9, 256)
+    assert auto.wanted(5_209, 192) is not cuda_in_onnxruntime()  # asked when not told
     assert Int8Config(enabled=True).enabled == "on" and Int8Config(enabled=False) == off
     for bad in (dict(enabled="yes"), dict(auto_cells=0), dict(auto_cells=True)):
         with pytest.raises(ContractError, match="int8"):
@@ -257,16 +261,24 @@ def test_int8_config_bounds() -> None:
 
 def test_int8_auto_builds_only_where_the_item_matrix_is_large_enough(planted) -> None:
     """auto's threshold on the planted catalog: at its cells the int8 scorer is built (and
-    gated), one cell more and the version is the plain one, without an int8 file."""
+    gated), one cell more and the version is the plain one, without an int8 file. Where
+    ONNX Runtime has CUDA (which serves fp32 or fp16, never int8) auto builds none."""
     settings, snap = planted["settings"], planted["snapshot"]
     embed_info = json.loads((snap / "embed.json").read_text())
     items = pl.read_parquet(snap / "items.parquet").height
-    cells = (items + 1) * HELD_CFG.dim * (2 if HELD_CFG.ensemble else 1)
-    plain = train.fingerprint(snap, HELD_CFG, embed_info["encoder"])
+    width = HELD_CFG.dim * (2 if HELD_CFG.ensemble else 1)
+    cells = (items + 1) * width
+    fp16 = Fp16Config()  # train's default: part of the id where CUDA is here
+    plain = train.fingerprint(snap, HELD_CFG, embed_info["encoder"], None, fp16)
     below = Int8Config(auto_cells=cells + 1)
-    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], below) == plain
+    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], below, fp16) == plain
     at = Int8Config(auto_cells=cells)
-    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], at) != plain
+    if cuda_in_onnxruntime():
+        assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], at, fp16) == plain
+        record = quantize.build(Path("unused"), Path("unused"), at, None, items + 1, width)
+        assert record["used"] is False and "CUDA" in record["reason"], record
+        return
+    assert train.fingerprint(snap, HELD_CFG, embed_info["encoder"], at, fp16) != plain
 
     built = train.train(settings, snap, AS_OF, HELD_CFG, at)
     folder, manifest = registry.load_version(settings.models_dir, built)
