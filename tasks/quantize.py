@@ -58,9 +58,9 @@ def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
     matrix and its pre-processing took ~10 of the export's seconds. ``tests/test_int8.py``
     holds the two to the same int8 weights and the same outputs, bit for bit.
 
-    A product is quantized where its second operand is a float constant, a 2-D
-    initializer or one seen through a Transpose (the item matrix); a Gemm (``alpha`` = ``beta``
-    = 1, no ``transA``) becomes that product plus its bias. Each becomes
+    A product is quantized where its second operand is a 2-D float constant: an
+    initializer, or one seen through a Transpose (the item matrix); a Gemm (``alpha`` =
+    ``beta`` = 1, no ``transA``) becomes that product plus its bias. Each becomes
     ``DynamicQuantizeLinear`` (once per activation) → ``MatMulInteger`` → ``Cast`` → ``Mul``
     by the product of the two scales, which ONNX Runtime fuses when the session loads.
     """
@@ -139,7 +139,7 @@ def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
             continue
         n_int8 += 1
     # constants still read by a kept node (a folded Transpose that fed one) stay constants
-    read = _names_read(nodes) | {o.name for o in graph.output}
+    read = _names_read(nodes) | {t.name for t in (*graph.input, *graph.output)}
     inits.extend(numpy_helper.from_array(a, n) for n, a in made.items() if n in read)
     kept = [t for t in graph.initializer if t.name in read]
     del graph.node[:]
