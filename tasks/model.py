@@ -184,7 +184,9 @@ class Encoder(nn.Module):
         own = nn.functional.embedding(idx, weight)
         if keep is not None:
             own = own * keep[idx].unsqueeze(-1)
-        return self.proj(self.text[idx]) + own
+        # the text rows by an embedding lookup too: the same copy, 2.5x faster on CPU than
+        # indexing (9.0 against 3.7 ms for a step's ~12k rows of 384, one thread)
+        return self.proj(nn.functional.embedding(idx, self.text)) + own
 
     @torch.no_grad()
     def use_strengths(self, codes: np.ndarray) -> bool:
