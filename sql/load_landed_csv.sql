@@ -2,8 +2,10 @@
 -- text, the file's own column names inside `_rec` (so they can never collide with ingest's
 -- columns), rows in file order (insertion order is kept, so rowid + 1 is the row number).
 -- Strict RFC 4180: anything irregular raises, and the file is then read row by row.
+-- {row}: the alias of the whole row, set by landing_read.load_sql to a name that no
+-- column of the file has (a column of that name would be read in the row's place).
 create temp table landed as
-select t as _rec
+select {row} as _rec
 from read_csv(
     $path,
     columns = $columns,
@@ -18,4 +20,4 @@ from read_csv(
     compression = 'none',
     encoding = 'utf-8',
     max_line_size = $max_line_size
-) as t
+) as {row}

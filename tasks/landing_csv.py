@@ -33,6 +33,7 @@ from nightrec.landing_read import (
     Landed,
     file_order,
     known_columns,
+    load_sql,
     not_utf8,
     scalar,
     text_of,
@@ -72,7 +73,7 @@ def read_csv(con: duckdb.DuckDBPyConnection, cand: Candidate, cfg: IngestConfig)
         try:
             with file_order(con):
                 con.execute(
-                    db.sql("load_landed_csv"),
+                    load_sql("load_landed_csv", header),
                     {
                         "path": str(cand.real),
                         "columns": {name: "VARCHAR" for name in header},

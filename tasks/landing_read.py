@@ -135,6 +135,18 @@ def scalar(con: duckdb.DuckDBPyConnection, query: str, params: dict | None = Non
     return con.execute(query, params or {}).fetchall()[0][0]
 
 
+def load_sql(name: str, columns: list[str]) -> str:
+    """``sql/<name>.sql`` (a ``load_landed_*`` file) with ``{row}``, the alias that names
+    the file's whole row, set to one that no column of the file is called (case does not
+    count): where a column has the alias's name, DuckDB reads that column in its place."""
+    taken = {c.casefold() for c in columns}
+    alias, n = "t", 0
+    while alias in taken:
+        n += 1
+        alias = f"t{n}"
+    return db.sql(name).replace("{row}", alias)
+
+
 def known_columns(kind: str, columns: list[str]) -> tuple[dict[str, int], list[str]]:
     required, optional = KINDS[kind]
     known = {*required, *optional}
@@ -324,7 +336,7 @@ def read_parquet(con: duckdb.DuckDBPyConnection, cand: Candidate, cfg: IngestCon
         result.fetchall()
         rows_in = int(scalar(con, db.sql("load_landed_parquet_rows"), params))
         with file_order(con):
-            con.execute(db.sql("load_landed_parquet"), params)
+            con.execute(load_sql("load_landed_parquet", [str(d[0]) for d in described]), params)
     except duckdb.Error as exc:
         # the file's fault: bad input, a bad read, bad values; DuckDB 2.0.1 raises some
         # Parquet errors (a footer length error) as plain duckdb.Error

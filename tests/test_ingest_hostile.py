@@ -353,6 +353,26 @@ def _write(folder: Path, fmt: str, header: list[str], rows: list[list[str | None
     return path
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_extra_columns_named_like_the_row_alias_are_only_extra_columns(fmt: str) -> None:
+    """Found by the property below: a CSV with an extra column ``T`` was quarantined, as
+    DuckDB read that column where the load SQL meant the whole row (aliased ``t``)."""
+    settings, tmp = _fresh()
+    with tmp:
+        header = [*hc.EVENTS, "T", "t1", "_rec"]
+        rows: list[list[str | None]] = [[*hc.ev("alias", k), "", "x", "y"] for k in range(3)]
+        rows.append([*hc.ev("alias", 3, user_id=""), "", "x", "y"])
+        _write(settings.landing / "events", fmt, header, rows)
+        tot = ingest(settings, config=CFG).totals
+        assert (tot["files_new"], tot["rows"], tot["loaded"], tot["rejected"]) == (1, 4, 3, 1)
+        assert query(settings.warehouse, "select user_id from events order by user_id") == [
+            (f"u-alias-{k}",) for k in range(3)
+        ]
+        assert query(settings.warehouse, "select row_number, field from rejected_rows") == [
+            (4, "user_id")
+        ]
+
+
 @PROPS
 @given(
     extra=st.lists(column_names, min_size=1, max_size=4, unique_by=str.casefold),
