@@ -236,17 +236,26 @@ def test_publish_coverage_check_catches_lost_users(run1, tmp_path: Path) -> None
 
 
 def test_sql_takes_values_as_bound_parameters_only() -> None:
-    """Values reach SQL as bound parameters. The one text substitution is the reader catalog's
+    """Values reach SQL as bound parameters. The text substitutions are the reader catalog's
     views over nightrec's own Parquet paths (DuckDB cannot prepare DDL), through
-    ``db.path_literal``, which refuses any path that could end the literal."""
+    ``db.path_literal``, which refuses any path that could end the literal, and the alias of
+    a landing file's row, which nightrec makes (``t``, ``t1``…), never a name from the file."""
     from nightrec.config import SQL_DIR
+    from nightrec.landing_read import load_sql
 
     slots = {
         f.stem: set(re.findall(r"\{([a-z_]+)\}", f.read_text())) for f in SQL_DIR.glob("*.sql")
     }
     assert {k: v for k, v in slots.items() if v} == {
-        "serving_catalog": {"live_parquet", "live_items", "all_parquet", "live_similar"}
+        "serving_catalog": {"live_parquet", "live_items", "all_parquet", "live_similar"},
+        "load_landed_csv": {"row"},
+        "load_landed_parquet": {"row"},
     }
+    hostile = ["T", "t1", "t2); drop table events; --", "{row}"]
+    text = load_sql("load_landed_csv", hostile)
+    assert "{row}" not in text and "drop table" not in text
+    assert set(re.findall(r"select (\S+) as _rec", text)) == {"t2"}
+    assert re.search(r"\) as t2\s*$", text)
     for bad in ("/srv/x'; drop table runs; --", "/srv/a\\b", "/srv/a\nb", "/srv/a\0b", '/srv/"x"'):
         with pytest.raises(ValueError):
             db.path_literal(Path(bad))
