@@ -144,7 +144,7 @@ def load_sql(name: str, columns: list[str]) -> str:
     while alias in taken:
         n += 1
         alias = f"t{n}"
-    return db.sql(name).replace("{row}", alias)
+    return db.sql(name).format(row=alias)
 
 
 def known_columns(kind: str, columns: list[str]) -> tuple[dict[str, int], list[str]]:

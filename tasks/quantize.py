@@ -96,20 +96,25 @@ def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
             arrays[name] = numpy_helper.to_array(t)
         return arrays[name]
 
-    def fresh(name: str) -> str:
-        """``name``, or ``name_1``, ``name_2``… where the graph already has it."""
-        new, n = name, 0
-        while new in taken:
-            n += 1
-            new = f"{name}_{n}"
-        taken.add(new)
-        return new
+    def fresh(base: str, *suffixes: str) -> tuple[str, ...]:
+        """``base_<suffix>`` for each suffix, or ``base_<suffix>_1``… where the graph
+        already has that name."""
+        names = []
+        for suffix in suffixes:
+            name = new = f"{base}_{suffix}"
+            n = 0
+            while new in taken:
+                n += 1
+                new = f"{name}_{n}"
+            taken.add(new)
+            names.append(new)
+        return tuple(names)
 
     def int8_weight(name: str, transposed: bool, w: np.ndarray) -> tuple[str, ...]:
         if (name, transposed) not in weights:
             q, scale = _int8_columns(w, cfg)
             base = f"{name}_Transposed" if transposed else name
-            names = tuple(fresh(f"{base}_{s}") for s in ("quantized", "scale", "zero_point"))
+            names = fresh(base, "quantized", "scale", "zero_point")
             zero = np.zeros(scale.shape, dtype=np.int8)
             inits.extend(
                 numpy_helper.from_array(a, n) for a, n in zip((q, scale, zero), names, strict=True)
@@ -119,11 +124,11 @@ def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
 
     def product(a: str, w_name: str, w: np.ndarray, out: str, transposed: bool = False) -> None:
         if a not in activations:
-            activations[a] = tuple(fresh(f"{a}_{s}") for s in ("quantized", "scale", "zero_point"))
+            activations[a] = fresh(a, "quantized", "scale", "zero_point")
             nodes.append(helper.make_node("DynamicQuantizeLinear", [a], list(activations[a])))
         a_q, a_scale, a_zero = activations[a]
         w_q, w_scale, w_zero = int8_weight(w_name, transposed, w)
-        scales, acc, acc_float = (fresh(f"{out}_{s}") for s in ("scales", "int32", "int32_float"))
+        scales, acc, acc_float = fresh(out, "scales", "int32", "int32_float")
         nodes.append(helper.make_node("Mul", [a_scale, w_scale], [scales]))
         nodes.append(helper.make_node("MatMulInteger", [a_q, w_q, a_zero, w_zero], [acc]))
         nodes.append(helper.make_node("Cast", [acc], [acc_float], to=onnx.TensorProto.FLOAT))
@@ -149,7 +154,7 @@ def quantize(src: Path, dst: Path, cfg: Int8Config) -> dict:
             transposed = bool(attrs.get("transB", 0))
             w = w.T if transposed else w
             bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-            out = fresh(f"{node.output[0]}_MatMul") if bias else node.output[0]
+            out = fresh(node.output[0], "MatMul")[0] if bias else node.output[0]
             product(node.input[0], node.input[1], np.ascontiguousarray(w), out, transposed)
             if bias:
                 nodes.append(helper.make_node("Add", [out, bias], [node.output[0]]))

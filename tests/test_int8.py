@@ -304,10 +304,7 @@ def _graph_of_edge_cases(path: Path, relu: str = "r") -> None:
     graph = helper.make_graph(
         nodes,
         "edges",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8]),
-            helper.make_tensor_value_info("Wfed", TensorProto.FLOAT, [8, 4]),
-        ],
+        [vi("x", TensorProto.FLOAT, ["B", 8]), vi("Wfed", TensorProto.FLOAT, [8, 4])],
         outputs,
         inits,
     )
