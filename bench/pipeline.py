@@ -74,22 +74,28 @@ def baseline_eager(settings, snap, batch_size: int, top_n: int, max_users: int) 
     return out
 
 
-def text_gemm_floor(base, texts: list[str]) -> float:
-    """texts/s of the encoder's matrix products alone, in NumPy (float32, all cores): the
-    same batches ``encode`` makes (longest first, ``EmbedConfig.batch_size``, padded to
-    each batch's longest), every layer's Q/K/V, attention, output and feed-forward
-    products, and nothing else (no embedding, softmax, norm, GELU or tokenizing): what any
-    fp32 runtime of this encoder must at least do."""
+def text_gemm_floor(base, texts: list[str], bf16: bool = False) -> float:
+    """texts/s of the encoder's matrix products alone (all cores): the same batches
+    ``encode`` makes (longest first, ``EmbedConfig.batch_size``, padded to each batch's
+    longest), every layer's Q/K/V, attention, output and feed-forward products, and nothing
+    else (no embedding, softmax, norm, GELU or tokenizing): what any runtime of this encoder
+    must at least do. float32 in NumPy; ``bf16``: bfloat16 in PyTorch (NumPy has no bf16),
+    the floor of the bf16 encoder."""
     import numpy as np
+    import torch
 
     cfg = base.model.config
     h, inner, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
     rng = np.random.default_rng(0)
+
+    def array(shape, scale=1.0):
+        x = (rng.standard_normal(shape) * scale).astype(np.float32)
+        return torch.from_numpy(x).to(torch.bfloat16) if bf16 else x
+
     # scaled by 1/sqrt(fan-in), and every layer reads the same x: chained, the attention
     # product (cubic in x) overflows to inf and NaN by the fourth layer; the products are the same
     w_h, w_up, w_down = (
-        (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
-        for shape in ((h, h), (h, inner), (inner, h))
+        array(shape, 1 / np.sqrt(shape[0])) for shape in ((h, h), (h, inner), (inner, h))
     )
     order = sorted(texts, key=len, reverse=True)
     size = base.cfg.batch_size
@@ -101,15 +107,16 @@ def text_gemm_floor(base, texts: list[str]) -> float:
         for lo in range(0, len(order), size)
     ]
     t0 = time.perf_counter()
-    for b, t in shapes:
-        x = rng.standard_normal((b * t, h)).astype(np.float32)
-        for _ in range(cfg.num_hidden_layers):
-            q, k, v = x @ w_h, x @ w_h, x @ w_h
-            split = (b, t, heads, h // heads)
-            q, k, v = (m.reshape(split).transpose(0, 2, 1, 3) for m in (q, k, v))
-            ctx = (q @ k.transpose(0, 1, 3, 2)) @ v  # [b, heads, t, h / heads]
-            y = ctx.transpose(0, 2, 1, 3).reshape(b * t, h) @ w_h
-            y = (y @ w_up) @ w_down  # y, not x: every layer reads x, so nothing overflows
+    with torch.inference_mode():
+        for b, t in shapes:
+            x = array((b * t, h))
+            for _ in range(cfg.num_hidden_layers):
+                q, k, v = x @ w_h, x @ w_h, x @ w_h
+                split = (b, t, heads, h // heads)
+                q, k, v = (m.reshape(split).swapaxes(1, 2) for m in (q, k, v))
+                ctx = (q @ k.swapaxes(2, 3)) @ v  # [b, heads, t, h / heads]
+                y = ctx.swapaxes(1, 2).reshape(b * t, h) @ w_h
+                y = (y @ w_up) @ w_down  # y, not x: every layer reads x, so nothing overflows
     return len(order) / (time.perf_counter() - t0)
 
 
@@ -125,7 +132,7 @@ def embed_runtimes(settings, texts: list[str], floor: bool = True) -> dict:
     model_dir = settings.text_model_path()
     key = embed.encoder_fingerprint(model_dir)
     base = embed.TextEncoder(model_dir, EmbedConfig())
-    encoders = {"torch": base}
+    encoders = {"torch": base, "torch-bf16": embed.Bf16TextEncoder(base)}
     for name, int8 in (("onnx", False), ("onnx-int8", True)):
         path = embed.export_onnx(settings, model_dir, key, int8, base)
         encoders[name] = embed.OnnxTextEncoder(base, path)
@@ -141,6 +148,7 @@ def embed_runtimes(settings, texts: list[str], floor: bool = True) -> dict:
         out[f"{name}_min_cosine"] = float((vectors * ref).sum(1).min())
     if floor:
         out["gemm_floor"] = max(text_gemm_floor(base, texts) for _ in range(2))  # best of two
+        out["gemm_floor_bf16"] = max(text_gemm_floor(base, texts, bf16=True) for _ in range(2))
     return out
 
 
@@ -205,6 +213,8 @@ def table(results: list[dict]) -> str:
         "text encoder onnx/torch texts/s",
         "int8 onnx texts/s (min cosine)",
         "text GEMM floor texts/s",
+        "bf16 text texts/s (min cosine)",
+        "bf16 text GEMM floor texts/s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -229,6 +239,10 @@ def table(results: list[dict]) -> str:
             f"(x{r['embed_runtimes'].get('onnx-int8', 0) / r['embed_runtimes']['torch']:.2f}, "
             f"{r['embed_runtimes'].get('onnx-int8_min_cosine', float('nan')):.4f})",
             f"{r['embed_runtimes'].get('gemm_floor', 0):,.0f}",
+            f"{r['embed_runtimes'].get('torch-bf16', 0):,.0f} "
+            f"(x{r['embed_runtimes'].get('torch-bf16', 0) / r['embed_runtimes']['torch']:.2f}, "
+            f"{r['embed_runtimes'].get('torch-bf16_min_cosine', float('nan')):.4f})",
+            f"{r['embed_runtimes'].get('gemm_floor_bf16', 0):,.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

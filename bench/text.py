@@ -1,6 +1,7 @@
-"""Text encoding speed: the PyTorch encoder, its ONNX export and the int8 export on the
-same texts, each on its device (CUDA where torch / ONNX Runtime have one), beside the
-CPU's fp32 GEMM floor of those texts (``bench/pipeline.py``'s ``text_gemm_floor``).
+"""Text encoding speed: the PyTorch encoder (fp32 and bf16), its ONNX export and the int8
+export on the same texts, each on its device (CUDA where torch / ONNX Runtime have one),
+beside the CPU's fp32 and bf16 GEMM floors of those texts (``bench/pipeline.py``'s
+``text_gemm_floor``).
 
 The texts are synthetic item titles and descriptions of at least ``EmbedConfig.max_length``
 tokens, so every batch is full length: the worst case, and the one the issue's figures
@@ -80,14 +81,15 @@ def main() -> None:
     print(f"\n{args.texts:,} texts of {words} words (truncated to the encoder's max_length)\n")
     print("| runtime | device | texts/s | vs PyTorch | lowest cosine to PyTorch |")
     print("|---|---|---|---|---|")
-    for name in ("torch", "onnx", "onnx-int8"):
+    for name in ("torch", "torch-bf16", "onnx", "onnx-int8"):
         rate, device, cosine = res[name], res[f"{name}_device"], res[f"{name}_min_cosine"]
         print(f"| {name} | {device} | {rate:,.0f} | x{rate / torch_rate:.2f} | {cosine:.4f} |")
     if "gemm_floor" in res:
-        floor = res["gemm_floor"]
-        print(
-            f"| fp32 GEMM floor (NumPy, CPU) | cpu | {floor:,.0f} | x{floor / torch_rate:.2f} | – |"
-        )
+        for key, name in (("gemm_floor", "fp32 (NumPy"), ("gemm_floor_bf16", "bf16 (PyTorch")):
+            floor = res[key]
+            print(
+                f"| {name} GEMM floor, CPU) | cpu | {floor:,.0f} | x{floor / torch_rate:.2f} | – |"
+            )
 
 
 if __name__ == "__main__":

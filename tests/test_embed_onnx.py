@@ -1,5 +1,5 @@
-"""The text encoder on ONNX Runtime: the same vectors as PyTorch, a checked export, a
-drift gate that refuses what drifts."""
+"""The text encoder on ONNX Runtime and in bf16: the same vectors as PyTorch fp32 (within
+the drift gate), a checked export, a drift gate that refuses what drifts."""
 
 from __future__ import annotations
 
@@ -64,20 +64,73 @@ def test_export_is_checked_by_checksum_and_redone_when_changed(encoders) -> None
 
 def test_embed_step_on_onnx_records_its_runtime_and_matches_torch(tmp_path) -> None:
     runs = {}
-    for runtime in ("onnx", "torch"):
-        settings = Settings.from_env(home=tmp_path / runtime)
+    configs = {
+        "onnx": EmbedConfig(runtime="onnx", precision="fp32"),
+        "torch": EmbedConfig(runtime="torch", precision="fp32"),
+        "auto": EmbedConfig(),  # bf16 where this CPU multiplies it natively
+        "bf16": EmbedConfig(precision="bf16"),
+    }
+    for name, cfg in configs.items():
+        settings = Settings.from_env(home=tmp_path / name)
         write_csv(settings.landing / "items" / "items-1.csv", ITEMS_HEADER, CATALOG)
         ingest(settings)
         snap = snapshot.snapshot(settings, AS_OF)
-        assert embed.embed(settings, snap, EmbedConfig(runtime=runtime))["encoded"] == 5
+        assert embed.embed(settings, snap, cfg)["encoded"] == 5
         meta = json.loads((snap / "embed.json").read_text())
-        runs[runtime] = (np.load(snap / embed.EMBEDDINGS_FILE), meta)
+        runs[name] = (np.load(snap / embed.EMBEDDINGS_FILE), meta)
     onnx_meta = runs["onnx"][1]
     assert onnx_meta["runtime"]["runtime"] == "onnx"
     assert onnx_meta["runtime"]["drift_gate"]["min_cosine"] >= EmbedConfig().min_cosine
     assert runs["torch"][1]["runtime"]["runtime"] == "torch"
-    assert onnx_meta["encoder"] == runs["torch"][1]["encoder"]  # the same cache key
+    assert runs["bf16"][1]["runtime"]["runtime"] == "torch-bf16"
+    auto = runs["auto"][1]["runtime"]["runtime"]
+    assert auto == ("torch-bf16" if embed.native_bf16() else "onnx")
+    # every runtime within the gate keeps the encoder's cache key
+    assert len({meta["encoder"] for _, meta in runs.values()}) == 1
     assert (runs["onnx"][0] * runs["torch"][0]).sum(1).min() > 0.9999
+    bf16_cos = (runs["bf16"][0] * runs["torch"][0]).sum(1)
+    assert bf16_cos.min() >= EmbedConfig().min_cosine
+    assert runs["bf16"][1]["runtime"]["drift_gate"]["min_cosine"] >= EmbedConfig().min_cosine
+    assert not np.array_equal(runs["bf16"][0], runs["torch"][0])  # it did run in bf16
+
+
+def test_bf16_encoder_is_within_the_gate_of_fp32_and_leaves_fp32_as_it_was(encoders) -> None:
+    _, torch_enc, _ = encoders
+    before = torch_enc.encode(TITLES)
+    bf16 = embed.Bf16TextEncoder(torch_enc)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch_enc.torch.bfloat16}
+    assert {p.dtype for p in torch_enc.model.parameters()} == {torch_enc.torch.float32}
+    got = bf16.encode(TITLES)
+    assert got.dtype == np.float32 and got.shape == before.shape
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised in fp32
+    cos = (got * before).sum(1)
+    assert cos.min() >= EmbedConfig().min_cosine and cos.min() < 1.0 - 1e-7
+    assert np.array_equal(torch_enc.encode(TITLES), before)  # the fp32 weights untouched
+
+
+def test_bf16_is_used_only_through_the_drift_gate(encoders) -> None:
+    settings, _, _ = encoders
+    model_dir = settings.text_model_path()
+    key = embed.encoder_fingerprint(model_dir)
+    enc, cache_key, info = embed.pick_encoder(
+        settings, model_dir, key, EmbedConfig(precision="bf16"), TITLES
+    )
+    assert isinstance(enc, embed.Bf16TextEncoder) and cache_key == key
+    assert info["runtime"] == "torch-bf16" and info["drift_gate"]["texts"] == len(TITLES)
+    # a gate bf16 cannot pass: asked for, refused with the measure; on auto, fp32 encodes
+    strict = EmbedConfig(precision="bf16", min_cosine=1.0)
+    with pytest.raises(ContractError, match="bf16 text encoder drifts"):
+        embed.pick_encoder(settings, model_dir, key, strict, TITLES)
+    auto = EmbedConfig(runtime="torch", min_cosine=1.0)
+    enc, cache_key, info = embed.pick_encoder(settings, model_dir, key, auto, TITLES)
+    assert type(enc) is embed.TextEncoder and info["runtime"] == "torch" and cache_key == key
+    assert ("bf16_refused" in info) == embed.native_bf16()
+    # fp32 never tries bf16; neither does int8 on auto
+    for cfg in (EmbedConfig(precision="fp32"), EmbedConfig(quantize=True, min_cosine=0.5)):
+        enc, _, info = embed.pick_encoder(settings, model_dir, key, cfg, TITLES)
+        assert isinstance(enc, embed.OnnxTextEncoder) and "bf16_refused" not in info
+    with pytest.raises(ContractError, match="exclude each other"):
+        EmbedConfig(precision="bf16", quantize=True)
 
 
 def test_drift_gate_refuses_an_encoder_that_drifts(encoders) -> None:

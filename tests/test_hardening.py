@@ -133,6 +133,7 @@ def test_negative_batch_size_no_longer_publishes_only_cold_users(run1, capsys) -
         (TrainConfig, "weight_decay", -1e-3),
         (EmbedConfig, "batch_size", 0),
         (EmbedConfig, "max_length", 100_000),
+        (EmbedConfig, "precision", "fp16"),
         (ScoreConfig, "batch_size", -1),
         (ScoreConfig, "batch_size", 0),
         (ScoreConfig, "max_exclude_cells", 0),
