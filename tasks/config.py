@@ -19,7 +19,7 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -371,8 +371,11 @@ class EmbedConfig:
     quantize: bool = False  # int8 ONNX encoder (only through the drift gate)
     # auto: PyTorch in bfloat16 on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX;
     # 2.2x fp32 on this Zen 4, cosine 0.9999 to fp32), through the drift gate, else fp32;
-    # bf16: PyTorch in bf16 on any device (refused if it fails the gate); fp32: never bf16
-    precision: str = "auto"
+    # bf16: PyTorch in bf16 on any device (refused if it fails the gate); fp32: never bf16.
+    # Default from NIGHTREC_TEXT_PRECISION
+    precision: str = field(
+        default_factory=lambda: os.environ.get("NIGHTREC_TEXT_PRECISION", "").strip() or "auto"
+    )
     min_cosine: float = 0.999  # drift gate: every sample text's cosine to PyTorch's vector
     gate_texts: int = 64  # texts the drift gate compares
 
@@ -382,7 +385,10 @@ class EmbedConfig:
         if self.runtime not in ("onnx", "torch"):
             raise ContractError(f"runtime must be onnx or torch, got {self.runtime!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ContractError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise ContractError(
+                f"precision (NIGHTREC_TEXT_PRECISION) must be auto, fp32 or bf16, "
+                f"got {self.precision!r}"
+            )
         if self.precision == "bf16" and self.quantize:
             raise ContractError("precision bf16 and quantize (int8) exclude each other")
         check_number("min_cosine", self.min_cosine, -1.0, 1.0)

@@ -62,13 +62,13 @@ def encoder_fingerprint(model_dir: Path) -> str:
 class TextEncoder:
     """A Hugging Face encoder with mean pooling; batch of strings in, [n, dim] float32 out."""
 
-    def __init__(self, model_dir: Path, cfg: EmbedConfig = EmbedConfig()) -> None:
+    def __init__(self, model_dir: Path, cfg: EmbedConfig | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.torch = torch
-        self.cfg = cfg
+        self.cfg = cfg or EmbedConfig()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
         self.dim = int(self.model.config.hidden_size)
@@ -344,11 +344,12 @@ def _pick_fp32(
     )
 
 
-def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig = EmbedConfig()) -> dict:
+def embed(settings: Settings, snapshot_dir: Path, cfg: EmbedConfig | None = None) -> dict:
     """Fill the embedding cache for the snapshot's items and write their matrix.
 
     Returns counts: items, texts encoded now, texts reused from the cache.
     """
+    cfg = cfg or EmbedConfig()  # made now: its precision defaults from the environment
     from nightrec.ops import quiet_third_party
 
     quiet_third_party()

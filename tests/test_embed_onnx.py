@@ -62,15 +62,18 @@ def test_export_is_checked_by_checksum_and_redone_when_changed(encoders) -> None
     assert path.stat().st_mtime_ns != stamp
 
 
-def test_embed_step_on_onnx_records_its_runtime_and_matches_torch(tmp_path) -> None:
+def test_embed_step_on_onnx_records_its_runtime_and_matches_torch(tmp_path, monkeypatch) -> None:
     runs = {}
     configs = {
         "onnx": EmbedConfig(runtime="onnx", precision="fp32"),
         "torch": EmbedConfig(runtime="torch", precision="fp32"),
-        "auto": EmbedConfig(),  # bf16 where this CPU multiplies it natively
+        "auto": None,  # the step's default: bf16 where this CPU multiplies it natively
         "bf16": EmbedConfig(precision="bf16"),
+        "env-fp32": None,  # NIGHTREC_TEXT_PRECISION=fp32: the default turned off
     }
     for name, cfg in configs.items():
+        if name == "env-fp32":
+            monkeypatch.setenv("NIGHTREC_TEXT_PRECISION", "fp32")
         settings = Settings.from_env(home=tmp_path / name)
         write_csv(settings.landing / "items" / "items-1.csv", ITEMS_HEADER, CATALOG)
         ingest(settings)
@@ -85,6 +88,8 @@ def test_embed_step_on_onnx_records_its_runtime_and_matches_torch(tmp_path) -> N
     assert runs["bf16"][1]["runtime"]["runtime"] == "torch-bf16"
     auto = runs["auto"][1]["runtime"]["runtime"]
     assert auto == ("torch-bf16" if embed.native_bf16() else "onnx")
+    assert runs["env-fp32"][1]["runtime"]["runtime"] == "onnx"
+    assert np.array_equal(runs["env-fp32"][0], runs["onnx"][0])
     # every runtime within the gate keeps the encoder's cache key
     assert len({meta["encoder"] for _, meta in runs.values()}) == 1
     assert (runs["onnx"][0] * runs["torch"][0]).sum(1).min() > 0.9999
@@ -131,6 +136,16 @@ def test_bf16_is_used_only_through_the_drift_gate(encoders) -> None:
         assert isinstance(enc, embed.OnnxTextEncoder) and "bf16_refused" not in info
     with pytest.raises(ContractError, match="exclude each other"):
         EmbedConfig(precision="bf16", quantize=True)
+
+
+def test_text_precision_defaults_from_the_environment(monkeypatch) -> None:
+    assert EmbedConfig().precision == "auto"
+    monkeypatch.setenv("NIGHTREC_TEXT_PRECISION", " bf16 ")
+    assert EmbedConfig().precision == "bf16"
+    assert EmbedConfig(precision="fp32").precision == "fp32"  # an explicit value wins
+    monkeypatch.setenv("NIGHTREC_TEXT_PRECISION", "fp16")
+    with pytest.raises(ContractError, match="NIGHTREC_TEXT_PRECISION.*'fp16'"):
+        EmbedConfig()
 
 
 def test_drift_gate_refuses_an_encoder_that_drifts(encoders) -> None:
