@@ -370,7 +370,7 @@ class EmbedConfig:
     runtime: str = "onnx"  # onnx: exported, through the drift gate; torch: Hugging Face as is
     quantize: bool = False  # int8 ONNX encoder (only through the drift gate)
     # auto: PyTorch in bfloat16 on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX;
-    # 2.2x fp32 on this Zen 4, cosine 0.9999 to fp32), through the drift gate, else fp32;
+    # ~2x fp32 on this Zen 4, cosine 0.9999 to fp32), through the drift gate, else fp32;
     # bf16: PyTorch in bf16 on any device (refused if it fails the gate); fp32: never bf16.
     # Default from NIGHTREC_TEXT_PRECISION
     precision: str = field(

@@ -126,6 +126,18 @@ def test_bf16_is_used_only_through_the_drift_gate(encoders) -> None:
     strict = EmbedConfig(precision="bf16", min_cosine=1.0)
     with pytest.raises(ContractError, match="bf16 text encoder drifts"):
         embed.pick_encoder(settings, model_dir, key, strict, TITLES)
+    # the decision is on the exact lowest cosine, not on the record's 6 decimals
+    _, torch_enc, _ = encoders
+    lowest = float(
+        (embed.Bf16TextEncoder(torch_enc)._forward(TITLES) * torch_enc._forward(TITLES))
+        .sum(1)
+        .min()
+    )
+    exact = EmbedConfig(precision="bf16", min_cosine=lowest)
+    assert embed.pick_encoder(settings, model_dir, key, exact, TITLES)[2]["runtime"] == "torch-bf16"
+    above = dataclasses.replace(exact, min_cosine=float(np.nextafter(lowest, 2.0)))
+    with pytest.raises(ContractError, match="bf16 text encoder drifts"):
+        embed.pick_encoder(settings, model_dir, key, above, TITLES)
     auto = EmbedConfig(runtime="torch", min_cosine=1.0)
     enc, cache_key, info = embed.pick_encoder(settings, model_dir, key, auto, TITLES)
     assert type(enc) is embed.TextEncoder and info["runtime"] == "torch" and cache_key == key
