@@ -59,6 +59,14 @@ def encoder_fingerprint(model_dir: Path) -> str:
     raise FileNotFoundError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {model_dir}")
 
 
+def text_device() -> str:
+    """Where PyTorch encodes: on the GPU when torch sees one (the ONNX encoder takes ONNX
+    Runtime's CUDA provider)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class TextEncoder:
     """A Hugging Face encoder with mean pooling; batch of strings in, [n, dim] float32 out."""
 
@@ -72,8 +80,7 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
         self.dim = int(self.model.config.hidden_size)
-        # on the GPU when torch sees one (the ONNX encoder takes ONNX Runtime's CUDA)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = text_device()
 
     runtime = "torch"
 
@@ -140,6 +147,12 @@ def native_bf16() -> bool:
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def auto_bf16(device: str) -> bool:
+    """Whether ``precision`` ``auto`` tries bf16 on ``device``: on a CPU with native bf16
+    only (on a GPU the fp32 ONNX encoder runs on ONNX Runtime's CUDA provider)."""
+    return device == "cpu" and native_bf16()
 
 
 class Bf16TextEncoder(TextEncoder):
@@ -270,9 +283,8 @@ def pick_encoder(
     torch_enc = TextEncoder(model_dir, cfg)
     sample = sample[: cfg.gate_texts] or ["an item"]
     refused: dict = {}
-    if cfg.precision == "bf16" or (
-        cfg.precision == "auto" and not cfg.quantize and torch_enc.device == "cpu" and native_bf16()
-    ):
+    auto = cfg.precision == "auto" and not cfg.quantize and auto_bf16(torch_enc.device)
+    if cfg.precision == "bf16" or auto:
         bf16_enc = Bf16TextEncoder(torch_enc)
         passed, gate = drift_gate(bf16_enc, torch_enc, sample, cfg)
         if passed:  # within the gate: the encoder's cache key, as fp32 ONNX

@@ -87,7 +87,7 @@ def test_embed_step_on_onnx_records_its_runtime_and_matches_torch(tmp_path, monk
     assert runs["torch"][1]["runtime"]["runtime"] == "torch"
     assert runs["bf16"][1]["runtime"]["runtime"] == "torch-bf16"
     auto = runs["auto"][1]["runtime"]["runtime"]
-    assert auto == ("torch-bf16" if embed.native_bf16() else "onnx")
+    assert auto == ("torch-bf16" if embed.auto_bf16(embed.text_device()) else "onnx")
     assert runs["env-fp32"][1]["runtime"]["runtime"] == "onnx"
     assert np.array_equal(runs["env-fp32"][0], runs["onnx"][0])
     # every runtime within the gate keeps the encoder's cache key
@@ -141,7 +141,7 @@ def test_bf16_is_used_only_through_the_drift_gate(encoders) -> None:
     auto = EmbedConfig(runtime="torch", min_cosine=1.0)
     enc, cache_key, info = embed.pick_encoder(settings, model_dir, key, auto, TITLES)
     assert type(enc) is embed.TextEncoder and info["runtime"] == "torch" and cache_key == key
-    assert ("bf16_refused" in info) == embed.native_bf16()
+    assert ("bf16_refused" in info) == embed.auto_bf16(embed.text_device())
     # fp32 never tries bf16; neither does int8 on auto
     for cfg in (EmbedConfig(precision="fp32"), EmbedConfig(quantize=True, min_cosine=0.5)):
         enc, _, info = embed.pick_encoder(settings, model_dir, key, cfg, TITLES)

@@ -94,7 +94,7 @@ def test_int8_within_tolerance_serves_and_is_recorded(planted) -> None:
     # the text encoder's drift gate (fp32 ONNX here, bf16 on a CPU with native bf16) beside it
     text = manifest["text_int8"]
     assert text["used"] is False
-    assert text["runtime"] == ("torch-bf16" if embed.native_bf16() else "onnx")
+    assert text["runtime"] == ("torch-bf16" if embed.auto_bf16(embed.text_device()) else "onnx")
     assert text["drift_gate"]["min_cosine"] >= text["drift_gate"]["threshold"] == 0.999
     # an int8 request is another version than the plain one; int8 off keeps today's id
     embed_info = json.loads((snap / "embed.json").read_text())
