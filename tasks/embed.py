@@ -285,27 +285,45 @@ def pick_encoder(
     refused: dict = {}
     auto = cfg.precision == "auto" and not cfg.quantize and auto_bf16(torch_enc.device)
     if cfg.precision == "bf16" or auto:
-        bf16_enc = Bf16TextEncoder(torch_enc)
-        passed, gate = drift_gate(bf16_enc, torch_enc, sample, cfg)
-        if passed:  # within the gate: the encoder's cache key, as fp32 ONNX
+        bf16_enc, gate = _try_bf16(torch_enc, sample, cfg)
+        if bf16_enc is not None:  # within the gate: the encoder's cache key, as fp32 ONNX
             info = {"runtime": bf16_enc.runtime, "device": bf16_enc.device, "drift_gate": gate}
             return bf16_enc, encoder, info
-        if cfg.precision == "bf16":
-            raise ContractError(
-                f"embed: the bf16 text encoder drifts from PyTorch fp32 (min cosine "
-                f"{gate['min_cosine']:.4f} < {cfg.min_cosine} over {len(sample)} texts): "
-                "not used; set precision to fp32 or auto"
-            )
-        log.warning(
-            "embed: torch-bf16 drifts from PyTorch fp32 (min cosine %.4f < %.4f over %d "
-            "texts): encoding in fp32",
-            gate["min_cosine"],
-            cfg.min_cosine,
-            len(sample),
-        )
         refused = {"bf16_refused": gate}
     enc, key, info = _pick_fp32(settings, model_dir, encoder, cfg, sample, torch_enc)
     return enc, key, info | refused
+
+
+def _try_bf16(
+    torch_enc: TextEncoder, sample: list[str], cfg: EmbedConfig
+) -> tuple[Bf16TextEncoder | None, dict]:
+    """The bf16 encoder and its drift gate's record, or None and why not (it failed, or it
+    drifts). Asked for (``precision`` ``bf16``), that is a ContractError instead."""
+    asked = cfg.precision == "bf16"
+    try:
+        bf16_enc = Bf16TextEncoder(torch_enc)
+        passed, gate = drift_gate(bf16_enc, torch_enc, sample, cfg)
+    except Exception as exc:  # a layer with no bf16 kernel: fp32 still encodes
+        if asked:
+            raise ContractError(f"embed: no bf16 text encoder: it failed ({exc})") from exc
+        log.warning("embed: torch-bf16 failed (%s); encoding in fp32", exc)
+        return None, {"failed": str(exc)[:200]}
+    if passed:
+        return bf16_enc, gate
+    if asked:
+        raise ContractError(
+            f"embed: the bf16 text encoder drifts from PyTorch fp32 (min cosine "
+            f"{gate['min_cosine']:.4f} < {cfg.min_cosine} over {len(sample)} texts): "
+            "not used; set precision to fp32 or auto"
+        )
+    log.warning(
+        "embed: torch-bf16 drifts from PyTorch fp32 (min cosine %.4f < %.4f over %d texts): "
+        "encoding in fp32",
+        gate["min_cosine"],
+        cfg.min_cosine,
+        len(sample),
+    )
+    return None, gate
 
 
 def _pick_fp32(

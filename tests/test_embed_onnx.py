@@ -150,6 +150,27 @@ def test_bf16_is_used_only_through_the_drift_gate(encoders) -> None:
         EmbedConfig(precision="bf16", quantize=True)
 
 
+def test_a_bf16_encoder_that_fails_leaves_fp32_to_encode_on_auto(encoders, monkeypatch) -> None:
+    """A model with a layer that has no bf16 kernel: auto encodes in fp32 and says why; an
+    explicit bf16 is refused with the error. (The failure is injected: MiniLM has none.)"""
+    settings, _, _ = encoders
+    model_dir = settings.text_model_path()
+    key = embed.encoder_fingerprint(model_dir)
+
+    def no_kernel(self, texts):
+        raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'BFloat16'")
+
+    monkeypatch.setattr(embed.Bf16TextEncoder, "_forward", no_kernel)
+    monkeypatch.setattr(embed, "auto_bf16", lambda device: True)  # as on a bf16 CPU
+    enc, cache_key, info = embed.pick_encoder(
+        settings, model_dir, key, EmbedConfig(precision="auto"), TITLES
+    )
+    assert isinstance(enc, embed.OnnxTextEncoder) and cache_key == key
+    assert info["runtime"] == "onnx" and "not implemented" in info["bf16_refused"]["failed"]
+    with pytest.raises(ContractError, match="no bf16 text encoder: it failed"):
+        embed.pick_encoder(settings, model_dir, key, EmbedConfig(precision="bf16"), TITLES)
+
+
 def test_text_precision_defaults_from_the_environment(monkeypatch) -> None:
     assert EmbedConfig().precision == "auto"
     monkeypatch.setenv("NIGHTREC_TEXT_PRECISION", " bf16 ")
