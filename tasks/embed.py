@@ -17,7 +17,7 @@ key. ``torch`` runs the Hugging Face model directly.
 
 Precision (``EmbedConfig.precision``): on ``auto``, a CPU that multiplies bfloat16 in
 hardware (AVX512-BF16 or AMX) encodes with PyTorch in bf16 instead, whatever the runtime:
-on this project's 2-core Zen 4 1.85-2.03x fp32 PyTorch (median 1.96x), with a lowest
+on this project's 2-core Zen 4 1.85-2.03x fp32 PyTorch (median 1.97x), with a lowest
 cosine of 0.9999 to its vectors. It passes the same drift gate first (or fp32 encodes, and
 the log says why) and, like fp32 ONNX, keeps the encoder's cache key. ``bf16`` asks for it
 on any device (refused if it fails the gate); ``fp32`` never uses it.
