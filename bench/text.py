@@ -85,11 +85,9 @@ def main() -> None:
         rate, device, cosine = res[name], res[f"{name}_device"], res[f"{name}_min_cosine"]
         print(f"| {name} | {device} | {rate:,.0f} | x{rate / torch_rate:.2f} | {cosine:.4f} |")
     if "gemm_floor" in res:
-        for key, name in (("gemm_floor", "fp32 (NumPy"), ("gemm_floor_bf16", "bf16 (PyTorch")):
+        for key, name in (("gemm_floor", "fp32 (NumPy)"), ("gemm_floor_bf16", "bf16 (PyTorch)")):
             floor = res[key]
-            print(
-                f"| {name} GEMM floor, CPU) | cpu | {floor:,.0f} | x{floor / torch_rate:.2f} | – |"
-            )
+            print(f"| {name} GEMM floor | cpu | {floor:,.0f} | x{floor / torch_rate:.2f} | – |")
 
 
 if __name__ == "__main__":

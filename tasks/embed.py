@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,16 @@ class TextEncoder:
         self.device = text_device()
 
     runtime = "torch"
+
+    def _share(self, base: TextEncoder) -> None:
+        """Take ``base``'s tokenizer and settings (an encoder derived from it)."""
+        self.torch, self.cfg, self.tokenizer, self.dim, self.device = (
+            base.torch,
+            base.cfg,
+            base.tokenizer,
+            base.dim,
+            base.device,
+        )
 
     def _tokens(self, texts: list[str], tensors: str):
         """Token ids and attention mask of one batch, padded to its longest text."""
@@ -164,13 +175,7 @@ class Bf16TextEncoder(TextEncoder):
     def __init__(self, base: TextEncoder) -> None:
         import copy
 
-        self.torch, self.cfg, self.tokenizer, self.dim, self.device = (
-            base.torch,
-            base.cfg,
-            base.tokenizer,
-            base.dim,
-            base.device,
-        )
+        self._share(base)
         self.model = copy.deepcopy(base.model).to(base.torch.bfloat16).eval()
 
 
@@ -189,12 +194,7 @@ class OnnxTextEncoder(TextEncoder):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=choose_providers("auto"))
         self.provider = self.session.get_providers()[0]
-        self.torch, self.cfg, self.tokenizer, self.dim = (
-            base.torch,
-            base.cfg,
-            base.tokenizer,
-            base.dim,
-        )
+        self._share(base)
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         enc = self._tokens(texts, "np")
@@ -256,12 +256,13 @@ def export_onnx(
 
 
 def drift_gate(
-    candidate: TextEncoder, torch_enc: TextEncoder, sample: list[str], cfg: EmbedConfig
+    candidate: TextEncoder, reference: Callable[[], np.ndarray], sample: list[str], cfg: EmbedConfig
 ) -> tuple[bool, dict]:
     """The drift gate: whether the lowest cosine of ``candidate``'s vectors of ``sample`` to
-    PyTorch fp32's is at least ``EmbedConfig.min_cosine``, and the record of it (the
-    measure rounded to 6 decimals, beside the bound; the decision is on the exact value)."""
-    lowest = float((candidate._forward(sample) * torch_enc._forward(sample)).sum(1).min())
+    PyTorch fp32's (``reference()``: computed once per pick, however many gates ask) is at
+    least ``EmbedConfig.min_cosine``, and the record of it (the measure rounded to 6
+    decimals, beside the bound; the decision is on the exact value)."""
+    lowest = float((candidate._forward(sample) * reference()).sum(1).min())
     return lowest >= cfg.min_cosine, {
         "texts": len(sample),
         "min_cosine": round(lowest, 6),  # measured
@@ -282,27 +283,28 @@ def pick_encoder(
     """
     torch_enc = TextEncoder(model_dir, cfg)
     sample = sample[: cfg.gate_texts] or ["an item"]
+    reference = functools.cache(lambda: torch_enc._forward(sample))  # fp32's, for the gates
     refused: dict = {}
     auto = cfg.precision == "auto" and not cfg.quantize and auto_bf16(torch_enc.device)
     if cfg.precision == "bf16" or auto:
-        bf16_enc, gate = _try_bf16(torch_enc, sample, cfg)
+        bf16_enc, gate = _try_bf16(torch_enc, reference, sample, cfg)
         if bf16_enc is not None:  # within the gate: the encoder's cache key, as fp32 ONNX
             info = {"runtime": bf16_enc.runtime, "device": bf16_enc.device, "drift_gate": gate}
             return bf16_enc, encoder, info
         refused = {"bf16_refused": gate}
-    enc, key, info = _pick_fp32(settings, model_dir, encoder, cfg, sample, torch_enc)
+    enc, key, info = _pick_fp32(settings, model_dir, encoder, cfg, sample, torch_enc, reference)
     return enc, key, info | refused
 
 
 def _try_bf16(
-    torch_enc: TextEncoder, sample: list[str], cfg: EmbedConfig
+    torch_enc: TextEncoder, reference: Callable[[], np.ndarray], sample: list[str], cfg: EmbedConfig
 ) -> tuple[Bf16TextEncoder | None, dict]:
     """The bf16 encoder and its drift gate's record, or None and why not (it failed, or it
     drifts). Asked for (``precision`` ``bf16``), that is a ContractError instead."""
     asked = cfg.precision == "bf16"
     try:
         bf16_enc = Bf16TextEncoder(torch_enc)
-        passed, gate = drift_gate(bf16_enc, torch_enc, sample, cfg)
+        passed, gate = drift_gate(bf16_enc, reference, sample, cfg)
     except Exception as exc:  # a layer with no bf16 kernel: fp32 still encodes
         if asked:
             raise ContractError(f"embed: no bf16 text encoder: it failed ({exc})") from exc
@@ -333,6 +335,7 @@ def _pick_fp32(
     cfg: EmbedConfig,
     sample: list[str],
     torch_enc: TextEncoder,
+    reference: Callable[[], np.ndarray],
 ) -> tuple[TextEncoder, str, dict]:
     """``pick_encoder`` without bf16: PyTorch, or ONNX (fp32 or int8) through the gate."""
     if cfg.runtime == "torch":
@@ -346,7 +349,7 @@ def _pick_fp32(
             raise ContractError(f"embed: no int8 encoder: ONNX export failed ({exc})") from exc
         log.warning("embed: ONNX export of %s failed (%s); encoding with PyTorch", encoder, exc)
         return torch_enc, encoder, {"runtime": "torch", "onnx_failed": str(exc)[:200]}
-    passed, gate = drift_gate(onnx_enc, torch_enc, sample, cfg)
+    passed, gate = drift_gate(onnx_enc, reference, sample, cfg)
     if not passed and cfg.quantize:
         raise ContractError(
             f"embed: the int8 text encoder drifts from PyTorch (min cosine "
