@@ -161,8 +161,8 @@ class TrainConfig:
     valid_share: float = 0.05  # examples held out of training to choose the epoch ...
     max_valid: int = 10_000  # ... at most this many (validation is ranked over the catalog)
     min_valid: int = 50  # fewer held-out examples than this: no early stopping, all epochs
-    # time budget of choosing the epoch: no epoch starts that would end later (the refit then
-    # trains that many epochs again)
+    # time budget of the train step: no epoch starts that would end, with the work after the
+    # epochs (train.TAIL_SHARE of one), later (the refit then trains that many epochs again)
     max_train_seconds: float = 420.0
     batch_size: int = 512
     lr: float = 3e-3

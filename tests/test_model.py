@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+import time
 from pathlib import Path
 
 import duckdb
@@ -810,6 +811,27 @@ def test_the_time_budget_also_bounds_the_cooldown() -> None:
     assert info["epochs_run"] == info["best_epoch"] == 1 and info["cooldown_epochs"] == 0
     assert "no cooldown epoch 1: time budget" in info["stopped_by"]
     assert info["valid_ndcg10"] == info["valid_ndcg10_before_cooldown"]
+
+
+def test_the_time_budget_counts_the_whole_train_step() -> None:
+    """The budget counts from the train step's start (``started``: reading the snapshot is
+    in it) and keeps room for the work after the epochs: an epoch that would end inside
+    the budget but leave no room for that work is not started."""
+    text, hist, target, cfg = _two_cooldowns()
+    spent = time.perf_counter() - cfg.max_train_seconds  # a step that began a budget ago
+    late, _ = train.fit(text, hist, target, cfg, started=spent)
+    info = late.fit_info
+    assert info["epochs_run"] == info["best_epoch"] == 1 and info["cooldown_epochs"] == 0
+    assert "no cooldown epoch 1: time budget" in info["stopped_by"]
+    budget = dataclasses.replace(cfg, max_train_seconds=420.0)
+    now = time.perf_counter()
+    # 300 s gone, epochs of 100 s: the epoch alone would end at 400 s, but with the work
+    # after it (a quarter of an epoch) at 425 s, past 420
+    assert train.TAIL_SHARE == 0.25
+    assert not train._room(now - 300.0, 100.0, 1, budget)
+    assert train._room(now - 290.0, 100.0, 1, budget)  # 415 s: fits
+    assert not train._room(now - 100.0, 100.0, 3, budget)  # 100 + 325 s
+    assert train._room(now - 90.0, 100.0, 3, budget)
 
 
 def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
