@@ -25,6 +25,7 @@ on any device (refused if it fails the gate); ``fp32`` never uses it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -245,7 +246,8 @@ def export_onnx(
         fp32, tmp = tmp, folder / f".{path.name}.{os.getpid()}.int8.tmp"
         # per output channel: per tensor, MiniLM's vectors drift to cosine ~0.88 of fp32's;
         # per channel ~0.98, and 1.5x faster than fp32 on a 2-core CPU (bench/pipeline.py)
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        with _quiet_quantizer():
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         fp32.unlink()
     digest.write_text(sha256(tmp) + "\n")
     tmp.replace(path)
@@ -253,6 +255,27 @@ def export_onnx(
         "embed: exported %s to ONNX in %.1fs -> %s", encoder, time.perf_counter() - started, path
     )
     return path
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs on the root logger: for MiniLM, 36 INFO lines (one per
+    tensor it leaves alone) and advice to pre-process the graph, in the middle of the
+    step's log. While it runs, those records go to this module's logger at DEBUG."""
+    where = os.path.join("onnxruntime", "quantization")
+
+    def demote(record: logging.LogRecord) -> bool:
+        if where in record.pathname and record.levelno <= logging.WARNING:
+            log.debug("onnxruntime quantizer: %s", record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(demote)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)
 
 
 def drift_gate(

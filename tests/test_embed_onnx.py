@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -33,6 +34,31 @@ def encoders(tmp_path_factory):
     cfg = EmbedConfig()
     base = embed.TextEncoder(model_dir, cfg)
     return settings, base, embed.OnnxTextEncoder(base, path)
+
+
+def test_the_int8_export_keeps_onnx_runtimes_quantizer_out_of_the_log(
+    encoders, tmp_path, caplog
+) -> None:
+    """ONNX Runtime's quantizer logs a line per tensor on the root logger; the export
+    keeps them at DEBUG under nightrec.embed, and the root logger as it was."""
+    settings, torch_enc, _ = encoders
+    here = Settings.from_env(home=tmp_path / "home")
+    model_dir = settings.text_model_path()
+    key = embed.encoder_fingerprint(model_dir)
+    filters = list(logging.getLogger().filters)
+    with caplog.at_level(logging.DEBUG):
+        path = embed.export_onnx(here, model_dir, key, quantize=True, torch_enc=torch_enc)
+    assert path.name.endswith("-int8.onnx") and path.is_file()
+    from_root = [r for r in caplog.records if r.name == "root"]
+    assert from_root == []
+    demoted = [r for r in caplog.records if r.getMessage().startswith("onnxruntime quantizer:")]
+    assert demoted and all(
+        r.name == "nightrec.embed" and r.levelno == logging.DEBUG for r in demoted
+    )
+    assert logging.getLogger().filters == filters
+    with caplog.at_level(logging.DEBUG):
+        logging.info("after the export")  # the root logger logs again
+    assert [r.getMessage() for r in caplog.records if r.name == "root"] == ["after the export"]
 
 
 def test_onnx_vectors_equal_pytorch_vectors(encoders) -> None:
