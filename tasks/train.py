@@ -254,7 +254,8 @@ def fit(
     from nightrec import fusion
     from nightrec.model import NEIGHBOUR_BUFFERS, Encoder
 
-    started = time.perf_counter() if started is None else started
+    fit_started = time.perf_counter()
+    started = fit_started if started is None else started
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     text_emb = torch.from_numpy(np.vstack([np.zeros((1, text.shape[1]), np.float32), text]))
@@ -439,7 +440,7 @@ def fit(
             "refit_beside": refit is not None,
             "device": device,
             "ensemble": model.twin is not None,
-            "fit_seconds": round(time.perf_counter() - started, 2),
+            "fit_seconds": round(time.perf_counter() - fit_started, 2),
         }
         log.info(
             "train: kept epoch %d of %d (%s), then %d cooldown epochs",
