@@ -164,6 +164,15 @@ PARAMS = {
         description="Largest relative drop of held-out NDCG@10 ((fp32 - int8) / fp32) "
         "that the int8 scorer may cost.",
     ),
+    "max_train_seconds": Param(
+        None,
+        type=["null", "number"],
+        exclusiveMinimum=0,
+        maximum=7 * 86_400,
+        title="Training time budget (s)",
+        description="Time budget of the train step, from reading the snapshot to the export: "
+        "no epoch starts that would overrun it. Empty: NIGHTREC_MAX_TRAIN_SECONDS, else 420.",
+    ),
     "score_shards": Param(
         1,
         type="integer",
@@ -173,6 +182,14 @@ PARAMS = {
         description="Users are scored in this many parallel mapped tasks.",
     ),
 }
+
+
+def _train_config(params):
+    """The training Params as a TrainConfig (a bad value fails the task cleanly)."""
+    from nightrec.config import TrainConfig
+
+    budget = params.get("max_train_seconds")
+    return _call(TrainConfig) if budget is None else _call(TrainConfig, max_train_seconds=budget)
 
 
 def _rank_config(params):
@@ -299,7 +316,7 @@ def nightly_recommendations():
         from pathlib import Path
 
         from nightrec import registry
-        from nightrec.config import Int8Config, Settings, TrainConfig, parse_date
+        from nightrec.config import Int8Config, Settings, parse_date
         from nightrec.train import train
 
         settings = Settings.from_env()
@@ -308,14 +325,14 @@ def nightly_recommendations():
             return _call(registry.current, settings.models_dir).name
         int8 = _call(Int8Config, enabled=params["int8"], tolerance=params["int8_tolerance"])
         as_of = parse_date(plan["as_of"])
-        return _call(train, settings, Path(snapshot_dir), as_of, TrainConfig(), int8)
+        return _call(train, settings, Path(snapshot_dir), as_of, _train_config(params), int8)
 
     @task(pool=WAREHOUSE_POOL, **GPU)
     def evaluate(snapshot_dir: str, version: str, **context) -> dict | None:
         """Held-out figures of the candidate's configuration and the baselines."""
         from pathlib import Path
 
-        from nightrec.config import Settings, TrainConfig
+        from nightrec.config import Settings
         from nightrec.evaluate import evaluate
 
         params = context["params"]
@@ -330,7 +347,7 @@ def nightly_recommendations():
             Path(snapshot_dir),
             context["run_id"],
             version,
-            TrainConfig(),
+            _train_config(params),
             None,
             rank,
             rule,

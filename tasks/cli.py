@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         if name in ("train", "evaluate", "run"):
             p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+            p.add_argument(
+                "--max-train-seconds",
+                type=float,
+                help="time budget of the train step, from reading the snapshot to the export "
+                "(env NIGHTREC_MAX_TRAIN_SECONDS, default 420)",
+            )
         if name in ("train", "run"):
             p.add_argument(
                 "--int8",
@@ -222,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> TrainConfig:
+    budget = {} if args.max_train_seconds is None else {"max_train_seconds": args.max_train_seconds}
+    return TrainConfig(epochs=args.epochs, **budget)
+
+
 def _int8(args: argparse.Namespace) -> Int8Config:
     return Int8Config(enabled=args.int8, tolerance=args.int8_tolerance)
 
@@ -257,13 +268,11 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     if args.step == "train":
         from nightrec.train import train
 
-        return train(
-            settings, snap, as_of, TrainConfig(epochs=args.epochs), _int8(args), _fp16(args)
-        )
+        return train(settings, snap, as_of, _train(args), _int8(args), _fp16(args))
     if args.step == "evaluate":
         from nightrec.evaluate import evaluate
 
-        return evaluate(settings, snap, run_id, args.model_version, TrainConfig(epochs=args.epochs))
+        return evaluate(settings, snap, run_id, args.model_version, _train(args))
     if args.step == "rules":
         from nightrec import rules
 
@@ -298,7 +307,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
             as_of,
             run_id,
             retrain=not args.no_retrain,
-            train_cfg=TrainConfig(epochs=args.epochs),
+            train_cfg=_train(args),
             int8_cfg=_int8(args),
             fp16_cfg=_fp16(args),
             score_cfg=score_cfg,

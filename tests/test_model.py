@@ -834,6 +834,22 @@ def test_the_time_budget_counts_the_whole_train_step() -> None:
     assert train._room(now - 90.0, 100.0, 3, budget)
 
 
+def test_the_time_budget_defaults_from_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv("NIGHTREC_MAX_TRAIN_SECONDS", raising=False)
+    assert TrainConfig().max_train_seconds == 420.0
+    monkeypatch.setenv("NIGHTREC_MAX_TRAIN_SECONDS", " 1800 ")
+    assert TrainConfig().max_train_seconds == 1800.0
+    assert TrainConfig(max_train_seconds=60).max_train_seconds == 60  # an explicit value wins
+    monkeypatch.setenv("NIGHTREC_MAX_TRAIN_SECONDS", "")
+    assert TrainConfig().max_train_seconds == 420.0  # blank: the default (docker-compose)
+    monkeypatch.setenv("NIGHTREC_MAX_TRAIN_SECONDS", "ten minutes")
+    with pytest.raises(ContractError, match="NIGHTREC_MAX_TRAIN_SECONDS.*'ten minutes'"):
+        TrainConfig()
+    monkeypatch.setenv("NIGHTREC_MAX_TRAIN_SECONDS", "-5")
+    with pytest.raises(ContractError, match=r"max_train_seconds \(NIGHTREC_MAX_TRAIN_SECONDS\)"):
+        TrainConfig()
+
+
 def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
     """With no cooldown the fit is the plain one; a cooldown that cannot help (a learning
     rate too small to move the weights) is tried and dropped: the same weights as none."""
