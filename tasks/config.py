@@ -73,16 +73,17 @@ def check_number(what: str, value: object, lo: float, hi: float, lo_open: bool =
     return number
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A number of seconds from environment variable ``name`` (unset or blank: ``default``);
-    the range is the reader's to check."""
+def env_seconds(name: str, default: float, hi: float) -> float:
+    """Seconds from environment variable ``name``: above 0 and at most ``hi`` (unset or
+    blank: ``default``); a bad value is a ContractError that names the variable."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ContractError(f"{name} must be a number of seconds, got {raw!r}") from None
+    return check_number(name, value, 0.0, hi, lo_open=True)
 
 
 MAX_TRAIN_SECONDS = 7 * 86_400.0  # the largest training time budget accepted (a week)
@@ -177,10 +178,10 @@ class TrainConfig:
     max_valid: int = 10_000  # ... at most this many (validation is ranked over the catalog)
     min_valid: int = 50  # fewer held-out examples than this: no early stopping, all epochs
     # time budget of the train step: no epoch starts that would end, with the work after the
-    # epochs (train.TAIL_SHARE of one), later (the refit then trains that many epochs again).
-    # Default from NIGHTREC_MAX_TRAIN_SECONDS
+    # epochs (train.TAIL_SHARE of one), later; a refit that trains after the choice rather
+    # than beside it (one CPU, fewer than 20k examples) counts too. NIGHTREC_MAX_TRAIN_SECONDS
     max_train_seconds: float = field(
-        default_factory=lambda: env_seconds("NIGHTREC_MAX_TRAIN_SECONDS", 420.0)
+        default_factory=lambda: env_seconds("NIGHTREC_MAX_TRAIN_SECONDS", 420.0, MAX_TRAIN_SECONDS)
     )
     batch_size: int = 512
     lr: float = 3e-3
@@ -249,13 +250,12 @@ class TrainConfig:
         check_number("valid_share", self.valid_share, 0.0, 0.5)
         check_number("cooldown_lr", self.cooldown_lr, 0.0, 1.0, lo_open=True)
         check_number("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
-        check_number(
-            "max_train_seconds (NIGHTREC_MAX_TRAIN_SECONDS)",
-            self.max_train_seconds,
-            0.0,
-            MAX_TRAIN_SECONDS,
-            lo_open=True,
+        # a float, however given (the DAG's Param passes 420, the default is 420.0): the
+        # version id hashes the config's JSON, where 420 and 420.0 differ
+        budget = check_number(
+            "max_train_seconds", self.max_train_seconds, 0.0, MAX_TRAIN_SECONDS, lo_open=True
         )
+        object.__setattr__(self, "max_train_seconds", budget)
         check_number("id_dropout", self.id_dropout, 0.0, 1.0)
         check_number("cold_borrow_scale", self.cold_borrow_scale, 0.0, 100.0)
         check_number("dropout", self.dropout, 0.0, 0.9)

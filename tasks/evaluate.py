@@ -246,7 +246,7 @@ def evaluate(
     snapshot_dir: Path,
     run_id: str,
     model_version: str | None,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig | None = None,
     eval_cfg: EvalConfig | None = None,
     rank_cfg: RankConfig | None = None,
     rule_cfg: RulesConfig | None = None,
@@ -261,10 +261,11 @@ def evaluate(
     ``reports/<run_id>/evaluation.json``. Returns the summary (slice ``all``):
     ``{protocol: {split: {model: {"ndcg@10": .., "hr@10": .., "users": ..}}}}``.
     ``model_version`` labels the rows: the version trained with ``cfg`` on this snapshot.
-    ``eval_cfg`` None: ``EvalConfig()``.
+    ``eval_cfg`` None: ``EvalConfig()``; ``cfg`` None: ``TrainConfig()``, made now.
     """
     started = time.perf_counter()
     eval_cfg = eval_cfg or EvalConfig()
+    cfg = cfg or TrainConfig()
     safe_id(run_id, "run_id")
     rule_cfg = rule_cfg if rule_cfg is not None and rule_cfg.removes_items else None
     rules_doc = _rules_doc(snapshot_dir, rule_cfg)

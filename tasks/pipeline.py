@@ -32,7 +32,7 @@ def run_all(
     as_of: dt.date,
     run_id: str | None = None,
     retrain: bool = True,
-    train_cfg: TrainConfig = TrainConfig(),
+    train_cfg: TrainConfig | None = None,
     score_cfg: ScoreConfig = ScoreConfig(),
     promote: bool = False,
     rank_cfg: RankConfig | None = None,
@@ -67,6 +67,7 @@ def run_all(
 
     check_as_of(as_of)
     run_id = safe_id(run_id or default_run_id(as_of), "run_id")
+    train_cfg = train_cfg or TrainConfig()  # made now: its time budget reads the environment
     out: dict[str, dict] = {}
 
     def step(name, fn, *args, **kwargs):

@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 # bumped when the same data and config would train a different model (a new loss, fusion);
 # 2: dropout, refit, cold items borrow; 3: ids only; 4: strengths; 5: the refit's own random
 # streams (it may train beside the epoch choice); 7: a step projects each distinct item once,
-# dropout drawn from torch.rand (same model, other random draws and sums)
-METHOD = "encoder+neighbours-7"
+# dropout drawn from torch.rand (same model, other random draws and sums); 8: the time budget
+# covers the whole train step (the work after the epochs, a refit after the choice)
+METHOD = "encoder+neighbours-8"
 STRENGTH = "first_strength"  # the snapshot's column of strength codes
 DEVICE_ENV = "NIGHTREC_TRAIN_DEVICE"  # auto (CUDA when torch sees one), cpu or cuda
 
@@ -293,6 +294,8 @@ def fit(
         # the refit needs only the epoch count: it trains in a process beside the epoch
         # choice, which tells it the best epoch so far and, at the end, the one to keep
         refit = _Beside(text_emb, hist, target, strength, cfg, model.strength_map.cpu(), device)
+    # a refit not beside the choice trains after it, as many epochs again: in the budget too
+    refit_after = refit is None and cfg.refit and bool(valid.any())
     try:
         losses: list[float] = []
         best, best_epoch, best_state, stale, stop = -1.0, 0, None, 0, "max epochs"
@@ -325,7 +328,7 @@ def fit(
                         stop = f"no better validation NDCG@10 for {stale} epochs"
                         break
             # room is kept for the cooldown epochs: they gain more than a late epoch
-            ahead = 1 + (cfg.cooldown if len(t_val) else 0)
+            ahead = _ahead(epoch + 1, cfg.cooldown if len(t_val) else 0, refit_after)
             if epoch + 1 < cfg.epochs and not _room(started, seconds, ahead, cfg):
                 stop = f"time budget of {cfg.max_train_seconds:g}s"
                 log.warning("train: stopped after %d epochs by the time budget", epoch + 1)
@@ -341,7 +344,7 @@ def fit(
             for c in range(cfg.cooldown):
                 # the budget covers the cooldown too: when one epoch alone used most of it
                 # (1M users here: 326 s of 420), a cooldown epoch would nearly double it
-                if not _room(started, seconds, 1, cfg):
+                if not _room(started, seconds, _ahead(best_epoch + c, 0, refit_after), cfg):
                     stop += (
                         f"; no cooldown epoch {c + 1}: time budget of {cfg.max_train_seconds:g}s"
                     )
@@ -460,6 +463,14 @@ def fit(
 # room for it. 1M users x 50k items: 47 s after epochs of 193-207 s (0.23); without it
 # the step overran its 420 s budget by 36 s when a cooldown epoch only just fitted.
 TAIL_SHARE = 0.25
+
+
+def _ahead(done: int, cooldowns: int, refit_after: bool) -> int:
+    """The epochs that one more epoch commits the step to, after the ``done`` so far: it,
+    ``cooldowns`` after it and, when the refit trains after the choice (not beside it), the
+    refit's (as many as the choice's in all)."""
+    more = 1 + cooldowns
+    return more + (done + more if refit_after else 0)
 
 
 def _room(started: float, epoch_seconds: float, epochs: int, cfg: TrainConfig) -> bool:
@@ -843,7 +854,7 @@ def train(
     settings: Settings,
     snapshot_dir: Path,
     as_of: dt.date,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig | None = None,
     int8: Int8Config = Int8Config(),
     fp16: Fp16Config = Fp16Config(),
 ) -> str:
@@ -853,10 +864,12 @@ def train(
     replaces a newer live one. ``int8``: also an int8 scorer, kept if it ranks the
     held-out examples within its tolerance (``quantize``). ``fp16``: the same for the
     half-precision scorer CUDA serves (by default built where ONNX Runtime has CUDA).
+    ``cfg`` None: ``TrainConfig()``, made now (its time budget defaults from the environment).
     """
     from nightrec import quantize
 
     started = time.perf_counter()
+    cfg = cfg or TrainConfig()
     embed_info = json.loads((snapshot_dir / "embed.json").read_text())
     encoder = embed_info["encoder"]
     version = f"v{as_of:%Y%m%d}-{fingerprint(snapshot_dir, cfg, encoder, int8, fp16)}"

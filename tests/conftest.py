@@ -29,6 +29,9 @@ os.environ.update(
 # models train on the CPU, whose runs repeat bit for bit (what many tests compare), even on
 # a GPU host; the CUDA training test asks for the GPU itself
 os.environ.setdefault("NIGHTREC_TRAIN_DEVICE", "cpu")
+# the tests' time budgets are their own, whatever the developer's shell sets
+os.environ.pop("NIGHTREC_MAX_TRAIN_SECONDS", None)
+os.environ.pop("NIGHTREC_TEXT_PRECISION", None)
 sys.path.insert(0, str(REPO))
 
 from nightrec.config import Settings  # noqa: E402

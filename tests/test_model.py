@@ -357,6 +357,27 @@ def two_torch_threads():
     torch.set_num_threads(before)
 
 
+def test_the_train_steps_budget_counts_reading_the_snapshot(
+    planted, tmp_path: Path, monkeypatch
+) -> None:
+    """Reading the snapshot is in the budget: a step that took 3.5 s to read it, with a
+    budget of 3 s, trains one epoch (the first always runs) and stops, where the epochs
+    alone (a fraction of a second each here) would have run on."""
+    real = train.load_sequences
+
+    def slow(*args, **kwargs):
+        time.sleep(3.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "load_sequences", slow)
+    settings = dataclasses.replace(planted["settings"], models_dir=tmp_path / "models")
+    cfg = dataclasses.replace(PLANTED_CFG, max_train_seconds=3.0)
+    version = train.train(settings, planted["snapshot"], AS_OF, cfg)
+    metrics = registry.verify(settings.models_dir / version)["metrics"]
+    assert metrics["epochs_run"] == 1 and metrics["stopped_by"].startswith("time budget of 3s")
+    assert metrics["fit_seconds"] < 3.0 <= metrics["train_seconds"]  # the fit alone: within
+
+
 def test_training_is_deterministic(planted, tmp_path: Path, two_torch_threads, monkeypatch) -> None:
     monkeypatch.setenv(train.DEVICE_ENV, "cpu")  # bit for bit on the CPU (CUDA: see below)
     cfg = dataclasses.replace(PLANTED_CFG, epochs=3)  # short: it runs twice, on two threads
@@ -832,6 +853,11 @@ def test_the_time_budget_counts_the_whole_train_step() -> None:
     assert train._room(now - 290.0, 100.0, 1, budget)  # 415 s: fits
     assert not train._room(now - 100.0, 100.0, 3, budget)  # 100 + 325 s
     assert train._room(now - 90.0, 100.0, 3, budget)
+    # the epochs one more commits to: it and the cooldown; with the refit after the choice,
+    # the refit's too (3 done + the next + the cooldown)
+    assert train._ahead(3, 1, refit_after=False) == 2
+    assert train._ahead(3, 1, refit_after=True) == 2 + 5
+    assert train._ahead(4 + 0, 0, refit_after=True) == 1 + 5  # cooldown 1 after epoch 4
 
 
 def test_the_time_budget_defaults_from_the_environment(monkeypatch) -> None:
@@ -846,8 +872,15 @@ def test_the_time_budget_defaults_from_the_environment(monkeypatch) -> None:
     with pytest.raises(ContractError, match="NIGHTREC_MAX_TRAIN_SECONDS.*'ten minutes'"):
         TrainConfig()
     monkeypatch.setenv("NIGHTREC_MAX_TRAIN_SECONDS", "-5")
-    with pytest.raises(ContractError, match=r"max_train_seconds \(NIGHTREC_MAX_TRAIN_SECONDS\)"):
+    with pytest.raises(ContractError, match="NIGHTREC_MAX_TRAIN_SECONDS must be .* got -5"):
         TrainConfig()
+    with pytest.raises(ContractError, match="^max_train_seconds must be"):  # not the env's
+        TrainConfig(max_train_seconds=0)
+    monkeypatch.delenv("NIGHTREC_MAX_TRAIN_SECONDS")
+    # 420 from a DAG Param and 420.0 by default: one config, so one version id
+    given = TrainConfig(max_train_seconds=420)
+    assert isinstance(given.max_train_seconds, float)
+    assert json.dumps(dataclasses.asdict(given)) == json.dumps(dataclasses.asdict(TrainConfig()))
 
 
 def test_a_cooldown_epoch_is_kept_only_when_it_helps() -> None:
