@@ -73,9 +73,10 @@ def check_number(what: str, value: object, lo: float, hi: float, lo_open: bool =
     return number
 
 
-def env_seconds(name: str, default: float, hi: float) -> float:
-    """Seconds from environment variable ``name``: above 0 and at most ``hi`` (unset or
-    blank: ``default``); a bad value is a ContractError that names the variable."""
+def env_seconds(name: str, default: float, hi: float, lo_open: bool = True) -> float:
+    """Seconds from environment variable ``name``: above 0 (``lo_open``; else 0 or more) and
+    at most ``hi`` (unset or blank: ``default``); a bad value is a ContractError that names
+    the variable."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -83,7 +84,7 @@ def env_seconds(name: str, default: float, hi: float) -> float:
         value = float(raw)
     except ValueError:
         raise ContractError(f"{name} must be a number of seconds, got {raw!r}") from None
-    return check_number(name, value, 0.0, hi, lo_open=True)
+    return check_number(name, value, 0.0, hi, lo_open=lo_open)
 
 
 MAX_TRAIN_SECONDS = 7 * 86_400.0  # the largest training time budget accepted (a week)

@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from nightrec.config import SQL_DIR
+from nightrec.config import SQL_DIR, env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ LOCK_WAIT_S = 60.0
 
 
 def lock_wait_s() -> float:
-    return float(os.environ.get("NIGHTREC_LOCK_WAIT_S", LOCK_WAIT_S))
+    return env_seconds("NIGHTREC_LOCK_WAIT_S", LOCK_WAIT_S, 86_400.0, lo_open=False)
 
 
 _HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")

@@ -772,3 +772,18 @@ def test_serving_output_can_be_opened_to_a_group(settings: Settings, monkeypatch
         monkeypatch.setenv("NIGHTREC_SERVING_MODE", bad)
         with pytest.raises(ContractError, match="NIGHTREC_SERVING_MODE"):
             share_serving(settings, version)
+
+
+def test_lock_wait_from_the_environment_is_checked(monkeypatch) -> None:
+    """NIGHTREC_LOCK_WAIT_S is read like NIGHTREC_MAX_TRAIN_SECONDS: blank is the default,
+    0 is allowed (no wait), and a bad value names the variable instead of a traceback."""
+    from nightrec import db
+
+    monkeypatch.setenv("NIGHTREC_LOCK_WAIT_S", " ")
+    assert db.lock_wait_s() == db.LOCK_WAIT_S
+    monkeypatch.setenv("NIGHTREC_LOCK_WAIT_S", "0")
+    assert db.lock_wait_s() == 0.0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("NIGHTREC_LOCK_WAIT_S", bad)
+        with pytest.raises(ContractError, match="NIGHTREC_LOCK_WAIT_S"):
+            db.lock_wait_s()
