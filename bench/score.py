@@ -10,9 +10,13 @@ peak RSS is its own:
   (E = the batch's widest seen set) so that N unseen items remain after dropping each
   user's seen items: exact top-N with filtering, the usual way to use it.
 - **torch-cuda** (only when torch sees a GPU): matmul + seen mask + topk on the device.
-- **nightrec core**: ``scorer.onnx`` through ONNX Runtime on the same batches, called as
-  ``nightrec score`` calls it (``ScoreConfig.model_batch`` users per call): user encoding,
-  inner products, neighbour terms, masking, top-N and the "because" item.
+- **nightrec core**: ``scorer.onnx`` on the same batches, opened and called as ``nightrec
+  score`` does (``ScoreConfig.model_batch`` users per call): user encoding, inner
+  products, neighbour terms, masking, top-N and the "because" item. On the CPU the top N is
+  nightrec's kernel between two parts of the graph run by ONNX Runtime (``topk``), with one
+  single-threaded worker per core.
+- **nightrec core graph**: the same, all in the fused graph through ONNX Runtime, as
+  before the kernel (``ScoreConfig.topk`` "graph"; how CUDA runs it).
 - **nightrec core int8** (CPU only): the same, through the int8 scorer the CPU serves
   where its gate passed (``quantize.quantize``; built by default where the item matrix
   has >= 1M cells), with the mean overlap of its top N with the fp32 scorer's on the same
@@ -153,13 +157,13 @@ def _batches(work: Path, sample: int):
 
 
 def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cpu") -> dict:
-    import onnxruntime as ort
     import torch
 
-    from nightrec import registry
+    from nightrec import registry, topk
     from nightrec.config import ScoreConfig, TrainConfig
     from nightrec.model import Encoder, TopNScorer
     from nightrec.score import choose_providers, run_scorer
+    from nightrec.workers import cpus
 
     batches, n, m = _batches(work, sample)
     extra: dict = {}
@@ -209,12 +213,19 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
             drop = (ids[:, :, None] == seen[:, None, :]).any(-1)  # [B, N + E] seen items
             order = np.argsort(drop, axis=1, kind="stable")[:, :TOP_N]
             np.take_along_axis(ids, order, axis=1)
-    elif which == "core":
-        sess = ort.InferenceSession(
-            str(folder / registry.SCORER), providers=choose_providers(provider)
+    elif which in ("core", "core-graph"):
+        # as `nightrec score` opens it: on the CPU the top-N kernel between two parts of the
+        # graph (``topk``); "core-graph": the whole fused graph in ONNX Runtime (CUDA's way)
+        sess, extra["topk"] = topk.open_scorer(
+            folder / registry.SCORER,
+            choose_providers(provider),
+            "kernel" if which == "core" else "graph",
+            cpus(),
+            ScoreConfig().model_batch,
         )
         cpu = sess.get_providers()[0] == "CPUExecutionProvider"
         chunk = ScoreConfig().model_batch if cpu else BATCH  # as `nightrec score` calls it
+        run_scorer(sess, *batches[0][:2], (batches[0][1] > 0).sum(1), bias, TOP_N, chunk)  # warm
         t = time.perf_counter()
         for h, seen in batches:
             run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk)
@@ -233,9 +244,11 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
             quantize.half(folder / registry.SCORER, path)
         if not path.is_file() and which == "core-int8":
             quantize.quantize(folder / registry.SCORER, path, Int8Config(enabled="on"))
-        sess = ort.InferenceSession(str(path), providers=providers)
-        full = ort.InferenceSession(str(folder / registry.SCORER), providers=providers)
+        rows = ScoreConfig().model_batch
+        sess, extra["topk"] = topk.open_scorer(path, providers, "kernel", cpus(), rows)  # as served
+        full, _ = topk.open_scorer(folder / registry.SCORER, providers, "kernel", cpus(), rows)
         chunk = ScoreConfig().model_batch if cpu else BATCH  # as `nightrec score` calls it
+        run_scorer(sess, *batches[0][:2], (batches[0][1] > 0).sum(1), bias, TOP_N, chunk)  # warm
         t = time.perf_counter()
         lists = [
             run_scorer(sess, h, seen, (seen > 0).sum(1), bias, TOP_N, chunk) for h, seen in batches
@@ -333,7 +346,9 @@ def run_publish(work: Path, which: str) -> dict:
     return {"which": which, "rows": rows, "seconds": seconds, "peak_gb": peak_rss_gb()}
 
 
-PARTS = ("floor", "faiss", "torch-cuda", "core", "core-int8", "core-fp16", "end-to-end")
+PARTS = (
+    "floor", "faiss", "torch-cuda", "core", "core-graph", "core-int8", "core-fp16", "end-to-end",
+)  # fmt: skip
 PUBLISH = ("publish-floor", "publish")
 
 
@@ -359,6 +374,8 @@ def table(rows: list[dict]) -> str:
             where = (
                 f" ({x['provider'].removesuffix('ExecutionProvider')})" if "provider" in x else ""
             )
+            if "topk" in x:
+                where += f", top N: {x['topk']}"
             if "overlap" in x:
                 where += f", top-{TOP_N} overlap with fp32 {x['overlap']:.4f}"
             lines.append(

@@ -14,6 +14,7 @@ and listed in the shard's ``_SUCCESS.json``: publish never reads a part twice.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -110,7 +111,8 @@ def score(
     """
     rank_cfg = rank or RankConfig()
     rule_cfg = rule_cfg or RulesConfig()
-    import onnxruntime as ort
+    from nightrec import topk  # Numba: only where scoring runs
+    from nightrec.workers import cpus
 
     started = time.perf_counter()
     version_dir, manifest = registry.load_version(settings.models_dir, model_version)
@@ -147,19 +149,21 @@ def score(
         excl = rules.Exclusions(seqs.seq, seqs.starts, seqs.ends, n_index)
 
     providers = choose_providers(cfg.provider)
-    opts = ort.SessionOptions()
     # int8 only where its gate passed (checked with the other files by load_version)
     scorer = registry.scorer_file(version_dir, manifest, providers[0] == "CPUExecutionProvider")
-    sess = ort.InferenceSession(str(scorer), opts, providers=providers)
+    # on the CPU the top N is nightrec's kernel between two parts of the graph (``topk``)
+    sess, topk_mode = topk.open_scorer(scorer, providers, cfg.topk, cpus(), cfg.model_batch)
     provider = sess.get_providers()[0]
     # users per ONNX Runtime call: on the CPU a cache-sized slice; a GPU takes the whole
     # scoring batch (``batch_size``: raise it to thousands there to fill the device)
     per_call = cfg.model_batch if provider == "CPUExecutionProvider" else cfg.batch_size
     log.info(
-        "score: model %s (%s) on %s; %d users with history, %d cold, top %d of %d active items",
+        "score: model %s (%s) on %s (top N: %s); %d users with history, %d cold, top %d of %d"
+        " active items",
         manifest["version"],
         scorer.name,
         provider,
+        topk_mode,
         warm.height,
         cold.len(),
         k,
@@ -203,6 +207,7 @@ def score(
     with (
         _executor(overlap, "score-read") as reader,
         _executor(overlap, "score-write") as writer,
+        contextlib.closing(sess) if hasattr(sess, "close") else contextlib.nullcontext(),
     ):
         ahead = collections.deque(reader.submit(read, b) for b in batches[:OVERLAP])
         behind: collections.deque = collections.deque()
@@ -252,6 +257,7 @@ def score(
         "model_version": manifest["version"],
         "provider": provider,
         "scorer": scorer.name,  # scorer_int8.onnx where the int8 gate passed (``quantize``)
+        "topk": topk_mode,  # kernel: nightrec's top N after ONNX Runtime's product; graph: fused
         "users": users.len(),
         "users_history": warm.height,
         "users_cold": cold.len(),
@@ -309,6 +315,8 @@ def run_scorer(
     """
     if not np.all((bias == 0) | (bias == -np.inf)):
         raise ValueError("item bias must be 0 (rankable) or -inf (never ranked)")
+    if getattr(sess, "takes_whole_batches", False):  # topk.SplitScorer: parts of its own
+        chunk = max(len(hist), 1)
     outs = []
     for lo in range(0, len(hist), chunk):
         hi = min(lo + chunk, len(hist))
