@@ -60,6 +60,90 @@ def _key(bits, j):  # pragma: no cover - compiled
     return ((_LOW - asc) << np.uint64(32)) | np.uint64(j)
 
 
+@njit(boundscheck=False, nogil=True, cache=False)
+def _kth_largest(a, k):  # pragma: no cover - compiled
+    """The k-th largest value of ``a`` (reordered in place; no NaN): a quickselect,
+    several times faster here than ``np.partition`` on a few hundred values."""
+    lo, hi = 0, a.shape[0] - 1
+    want = a.shape[0] - k  # its index in ascending order
+    while lo < hi:
+        mid = (lo + hi) // 2
+        # median of three as the pivot, left at ``mid``
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            break
+    return a[want]
+
+
+@njit(boundscheck=False, nogil=True, cache=False)
+def _sort_keys(a, n):  # pragma: no cover - compiled
+    """``a[:n]`` (distinct uint64 keys) sorted in place: quicksort with insertion sort
+    for short runs (``np.sort`` costs ~3x as much on these ~130 keys)."""
+    stack = np.empty(128, np.int64)
+    top = 0
+    stack[0], stack[1] = 0, n - 1
+    top = 2
+    while top > 0:
+        hi = stack[top - 1]
+        lo = stack[top - 2]
+        top -= 2
+        while hi - lo > 16:
+            mid = (lo + hi) // 2
+            if a[mid] < a[lo]:
+                a[mid], a[lo] = a[lo], a[mid]
+            if a[hi] < a[lo]:
+                a[hi], a[lo] = a[lo], a[hi]
+            if a[hi] < a[mid]:
+                a[hi], a[mid] = a[mid], a[hi]
+            pivot = a[mid]
+            i, j = lo, hi
+            while i <= j:
+                while a[i] < pivot:
+                    i += 1
+                while a[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    a[i], a[j] = a[j], a[i]
+                    i += 1
+                    j -= 1
+            # the longer side goes on the stack, the shorter is sorted next: depth <= log n
+            if j - lo < hi - i:
+                stack[top], stack[top + 1] = i, hi
+                top += 2
+                hi = j
+            else:
+                stack[top], stack[top + 1] = lo, j
+                top += 2
+                lo = i
+        for x in range(lo + 1, hi + 1):
+            v = a[x]
+            y = x - 1
+            while y >= lo and a[y] > v:
+                a[y + 1] = a[y]
+                y -= 1
+            a[y + 1] = v
+
+
 @njit(boundscheck=False, nogil=True, inline="always", cache=False)
 def _row(row, idx_r, w_r, add, k, bm, cnt, cand, keys, out_s, out_i):  # pragma: no cover
     """One user's row: scatter, then its exact top ``k`` into ``out_s``/``out_i``.
@@ -89,7 +173,10 @@ def _row(row, idx_r, w_r, add, k, bm, cnt, cand, keys, out_s, out_i):  # pragma:
             for g in range(g_n):
                 v = row[base + g]
                 bm[g] = v if v > bm[g] else bm[g]
-        thr = np.partition(bm, g_n - k)[g_n - k]
+        for g in range(g_n):  # a NaN maximum (a NaN first cell) bounds nothing
+            if bm[g] != bm[g]:
+                bm[g] = -np.inf
+        thr = _kth_largest(bm, k)
     # count the cells at or above thr per chunk (vectorised), then visit only the chunks
     # that have some, in index order
     nc = m // CHUNK
@@ -125,9 +212,9 @@ def _row(row, idx_r, w_r, add, k, bm, cnt, cand, keys, out_s, out_i):  # pragma:
     bits = row.view(np.uint32)
     for t in range(n):
         keys[t] = _key(bits[cand[t]], cand[t])
-    top = np.sort(keys[:n])
+    _sort_keys(keys, n)
     for t in range(k):
-        j = np.int64(top[t] & _LOW)
+        j = np.int64(keys[t] & _LOW)
         out_i[t] = j
         out_s[t] = row[j]
     return n
