@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
             p.add_argument("--batch-size", type=int, default=ScoreConfig.batch_size)
             p.add_argument(
+                "--topk",
+                choices=["kernel", "graph"],
+                default=ScoreConfig.topk,
+                help="the CPU top N: nightrec's kernel (default) or the whole ONNX graph",
+            )
+            p.add_argument(
                 "--alpha", type=float, default=1.0, help="similarity weight of the blend"
             )
             p.add_argument("--mmr-lambda", type=float, default=0.0, help="diversity; 0: off")
@@ -282,7 +288,7 @@ def _dispatch(args: argparse.Namespace):  # noqa: C901 - one branch per step
     score_cfg, rank_cfg, rule_cfg = ScoreConfig(), RankConfig(), RulesConfig()
     if args.step in ("score", "run"):
         score_cfg = ScoreConfig(
-            top_n=args.top_n, provider=args.provider, batch_size=args.batch_size
+            top_n=args.top_n, provider=args.provider, batch_size=args.batch_size, topk=args.topk
         )
         rank_cfg = RankConfig(
             alpha=args.alpha, mmr_lambda=args.mmr_lambda, category_cap=args.category_cap

@@ -195,7 +195,10 @@ def score(
         return batch, hist, strength, seen
 
     sink = _PartSink(tmp, published, warm["user_id"], item_ids, k, layer, cfg.shard)
-    batches = plan_batches(widths, cfg.batch_size, cfg.max_exclude_cells)
+    batch_size = cfg.batch_size
+    if topk_mode == "kernel":  # a part of model_batch users for each worker in every batch
+        batch_size = max(batch_size, sess.threads * cfg.model_batch)
+    batches = plan_batches(widths, batch_size, cfg.max_exclude_cells)
     t_model = t_read = t_write = 0.0
     # on a GPU, host work overlaps the scorer: the next batches are read in one thread and
     # the last ones turned into rows and Parquet in another while the device scores (ONNX

@@ -317,8 +317,12 @@ class SplitScorer:
         opts.intra_op_num_threads = 1  # one worker per core: each runs its own rows
         opts.inter_op_num_threads = 1
         cpu = ["CPUExecutionProvider"]
-        self._head = ort.InferenceSession(head.SerializeToString(), opts, providers=cpu)
-        self._tail = ort.InferenceSession(tail.SerializeToString(), opts, providers=cpu)
+        try:  # (a part over 2 GB cannot be serialized: the fused graph serves)
+            self._head = ort.InferenceSession(head.SerializeToString(), opts, providers=cpu)
+            self._tail = ort.InferenceSession(tail.SerializeToString(), opts, providers=cpu)
+        except ValueError as e:
+            raise Unsplittable(f"cannot load a part: {e}") from e
+        del model, head, tail  # the sessions hold what they need
         self._head_in = [i.name for i in self._head.get_inputs()]
         self._tail_in = [i.name for i in self._tail.get_inputs() if i.name != names[1]]
         self._inputs = [types.SimpleNamespace(name=n) for n in inputs]

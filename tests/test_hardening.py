@@ -76,6 +76,7 @@ BAD_OPTIONS = [  # (argv, what the one-line error must name)
     (["score", "--batch-size", "100000000"], "batch_size"),
     (["score", "--top-n", "0"], "top_n"),
     (["score", "--top-n", "ten"], "--top-n"),
+    (["score", "--topk", "fast"], "--topk"),
     (["train", "--epochs", "0"], "epochs"),
     (["run", "--epochs", "-3"], "epochs"),
     (["run", "--wait", "nan"], "--wait"),

@@ -397,23 +397,36 @@ def test_cpu_provider_is_used_and_recorded(run1, tmp_path: Path, caplog) -> None
     assert any("on CPUExecutionProvider" in r.getMessage() for r in caplog.records)
 
 
-def test_the_top_n_kernel_and_the_fused_graph_write_the_same_rows(run1, tmp_path: Path) -> None:
+def test_the_top_n_kernel_and_the_fused_graph_write_the_same_rows(
+    run1, tmp_path: Path, monkeypatch
+) -> None:
     """The score step on the CPU with nightrec's top-N kernel (the default) and with the
-    whole fused graph: the same parts row for row, and ``_SUCCESS.json`` says which ran."""
+    whole fused graph: the same parts row for row, and ``_SUCCESS.json`` says which ran.
+    With more workers than a batch has parts of ``model_batch`` users, the batches grow
+    to give each worker one: the same rows again."""
+    from nightrec import workers
+
     rows = {}
-    for mode in ("kernel", "graph"):
-        settings = isolated(run1, tmp_path / mode)
-        cfg = ScoreConfig(top_n=TOP_N, provider="cpu", topk=mode)
-        stats = score.score(settings, run1["snapshot"], f"topk-{mode}", cfg)
+    for name, mode, cpus in (
+        ("kernel", "kernel", None),
+        ("graph", "graph", None),
+        ("k8", "kernel", 8),
+    ):
+        if cpus:
+            monkeypatch.setattr(workers, "cpus", lambda cpus=cpus: cpus)
+        settings = isolated(run1, tmp_path / name)
+        cfg = ScoreConfig(top_n=TOP_N, provider="cpu", topk=mode, model_batch=16, batch_size=32)
+        stats = score.score(settings, run1["snapshot"], f"topk-{name}", cfg)
         assert stats["topk"] == mode
-        folder = score.shard_dir(settings, f"topk-{mode}", 0, 1)
+        folder = score.shard_dir(settings, f"topk-{name}", 0, 1)
         assert json.loads((folder / "_SUCCESS.json").read_text())["topk"] == mode
         parts = sorted(p for p in folder.glob("*.parquet") if p.name != score.SIMILAR_FILE)
-        rows[mode] = pl.concat([pl.read_parquet(p) for p in parts]).drop(
+        rows[name] = pl.concat([pl.read_parquet(p) for p in parts]).drop(
             "run_id", "generated_at", strict=False
         )
-        assert rows[mode].height == stats["rows"] > 0
+        assert rows[name].height == stats["rows"] > 0
     assert rows["kernel"].equals(rows["graph"])
+    assert rows["k8"].equals(rows["graph"])
 
 
 def test_three_shards_publish_the_same_table_as_one(run1, tmp_path: Path) -> None:
