@@ -162,10 +162,10 @@ def _batches(work: Path, sample: int):
 def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cpu") -> dict:
     import torch
 
-    from nightrec import registry, topk
+    from nightrec import registry
     from nightrec.config import ScoreConfig, TrainConfig
     from nightrec.model import Encoder, TopNScorer
-    from nightrec.score import choose_providers, run_scorer
+    from nightrec.score import choose_providers, open_scorer, run_scorer
     from nightrec.workers import cpus
 
     batches, n, m = _batches(work, sample)
@@ -221,7 +221,7 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
     elif which in ("core", "core-graph"):
         # as `nightrec score` opens it: on the CPU the top-N kernel between two parts of the
         # graph (``topk``); "core-graph": the whole fused graph in ONNX Runtime (CUDA's way)
-        sess, extra["topk"] = topk.open_scorer(
+        sess, extra["topk"] = open_scorer(
             folder / registry.SCORER,
             choose_providers(provider),
             "kernel" if which == "core" else "graph",
@@ -250,8 +250,8 @@ def run_floor_and_peers(work: Path, sample: int, which: str, provider: str = "cp
         if not path.is_file() and which == "core-int8":
             quantize.quantize(folder / registry.SCORER, path, Int8Config(enabled="on"))
         rows = ScoreConfig().model_batch
-        sess, extra["topk"] = topk.open_scorer(path, providers, "kernel", cpus(), rows)  # as served
-        full, _ = topk.open_scorer(folder / registry.SCORER, providers, "kernel", cpus(), rows)
+        sess, extra["topk"] = open_scorer(path, providers, "kernel", cpus(), rows)  # as served
+        full, _ = open_scorer(folder / registry.SCORER, providers, "kernel", cpus(), rows)
         chunk = ScoreConfig().model_batch if cpu else BATCH  # as `nightrec score` calls it
         run_scorer(sess, *batches[0][:2], (batches[0][1] > 0).sum(1), bias, TOP_N, chunk)  # warm
         t = time.perf_counter()

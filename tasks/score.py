@@ -78,6 +78,26 @@ def choose_providers(choice: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def open_scorer(path: Path, providers: list[str], topk: str, threads: int, rows: int):
+    """The session ``score`` calls: on the CPU with ``topk`` "kernel", a
+    ``topk.SplitScorer`` of ``threads`` workers and parts of ``rows`` users; else, or
+    where the graph cannot be split or Numba is missing (with a warning), ONNX Runtime on
+    the file as it is. Returns (session, "kernel" | "graph")."""
+    import onnxruntime as ort
+
+    if topk == "kernel" and providers[0] == "CPUExecutionProvider":
+        try:
+            from nightrec import topk as kernel  # Numba: only where the kernel runs
+        except ImportError as e:
+            log.warning("score: no top-N kernel (%s): the fused graph serves", e)
+        else:
+            try:
+                return kernel.SplitScorer(path, threads, rows), "kernel"
+            except kernel.Unsplittable as e:
+                log.warning("score: %s cannot use the top-N kernel (%s): fused graph", path.name, e)
+    return ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers), "graph"
+
+
 def shard_dir(settings: Settings, run_id: str, shard: int, num_shards: int) -> Path:
     return settings.scores_dir(run_id) / f"shard-{shard:05d}-of-{num_shards:05d}"
 
@@ -111,7 +131,6 @@ def score(
     """
     rank_cfg = rank or RankConfig()
     rule_cfg = rule_cfg or RulesConfig()
-    from nightrec import topk  # Numba: only where scoring runs
     from nightrec.workers import cpus
 
     started = time.perf_counter()
@@ -152,7 +171,7 @@ def score(
     # int8 only where its gate passed (checked with the other files by load_version)
     scorer = registry.scorer_file(version_dir, manifest, providers[0] == "CPUExecutionProvider")
     # on the CPU the top N is nightrec's kernel between two parts of the graph (``topk``)
-    sess, topk_mode = topk.open_scorer(scorer, providers, cfg.topk, cpus(), cfg.model_batch)
+    sess, topk_mode = open_scorer(scorer, providers, cfg.topk, cpus(), cfg.model_batch)
     provider = sess.get_providers()[0]
     # users per ONNX Runtime call: on the CPU a cache-sized slice; a GPU takes the whole
     # scoring batch (``batch_size``: raise it to thousands there to fill the device)

@@ -378,18 +378,3 @@ class SplitScorer:
         if len(outs) == 1:
             return list(outs[0])
         return [np.concatenate(col) for col in zip(*outs, strict=True)]
-
-
-def open_scorer(path: Path, providers: list[str], topk: str, threads: int, rows: int):
-    """The session ``score`` calls: on the CPU with ``topk`` "kernel", a ``SplitScorer``
-    of ``threads`` workers and parts of ``rows`` users (the fused graph where the graph
-    cannot be split, with a warning); else ONNX Runtime on the file as it is. Returns
-    (session, "kernel" | "graph")."""
-    import onnxruntime as ort
-
-    if topk == "kernel" and providers[0] == "CPUExecutionProvider":
-        try:
-            return SplitScorer(path, threads, rows), "kernel"
-        except Unsplittable as e:
-            log.warning("score: %s cannot use the top-N kernel (%s): fused graph", path.name, e)
-    return ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers), "graph"

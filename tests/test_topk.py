@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,11 +155,27 @@ def test_a_graph_that_cannot_be_split_is_served_whole(tmp_path: Path, caplog) ->
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
     with pytest.raises(topk.Unsplittable):
         topk.SplitScorer(path, 2, 8)
-    with caplog.at_level(logging.WARNING, logger="nightrec.topk"):
-        sess, mode = topk.open_scorer(path, ["CPUExecutionProvider"], "kernel", 2, 8)
+    with caplog.at_level(logging.WARNING, logger="nightrec.score"):
+        sess, mode = score.open_scorer(path, ["CPUExecutionProvider"], "kernel", 2, 8)
     assert mode == "graph" and isinstance(sess, ort.InferenceSession)
     assert any("cannot use the top-N kernel" in r.getMessage() for r in caplog.records)
-    assert topk.open_scorer(path, ["CPUExecutionProvider"], "graph", 2, 8)[1] == "graph"
+    assert score.open_scorer(path, ["CPUExecutionProvider"], "graph", 2, 8)[1] == "graph"
+
+
+def test_without_numba_the_fused_graph_serves(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Numba is a dependency, but a stripped environment (the GPU check machine carries
+    only some wheels) must still score: the fused graph, with a warning."""
+    model, folder, rng = big_catalog(tmp_path, True)
+    import nightrec
+
+    monkeypatch.setitem(sys.modules, "nightrec.topk", None)  # import fails
+    monkeypatch.delattr(nightrec, "topk")
+    with caplog.at_level(logging.WARNING, logger="nightrec.score"):
+        sess, mode = score.open_scorer(
+            folder / registry.SCORER, ["CPUExecutionProvider"], "kernel", 2, 8
+        )
+    assert mode == "graph" and isinstance(sess, ort.InferenceSession)
+    assert any("no top-N kernel" in r.getMessage() for r in caplog.records)
 
 
 def test_score_config_topk_is_checked() -> None:
