@@ -373,6 +373,10 @@ class ScoreConfig:
     # the top N on the CPU: "kernel", nightrec's own after ONNX Runtime's product (the same
     # lists, ~1.4x the users/s: ``topk``); "graph", all in the fused ONNX graph (as CUDA runs)
     topk: str = "kernel"
+    # the kernel's workers each hold a [model_batch, items] score matrix (two of that size
+    # in the int8 scorer's part): fewer workers than CPUs where more would need more than
+    # this (never fewer than one)
+    work_memory_mb: int = 2048
 
     def __post_init__(self) -> None:
         check_int("top_n", self.top_n, 1, 1000)
@@ -383,6 +387,7 @@ class ScoreConfig:
         check_int("num_shards", self.num_shards, 1, 10_000)
         check_int("shard", self.shard, 0, 9_999)
         check_int("max_exclude_cells", self.max_exclude_cells, 1, 2**31 - 1)
+        check_int("work_memory_mb", self.work_memory_mb, 1, 2**31 - 1)
         if self.provider not in ("auto", "cpu", "cuda"):
             raise ContractError(f"provider must be auto, cpu or cuda, got {self.provider!r}")
         if self.overlap not in ("auto", "on", "off"):

@@ -78,6 +78,15 @@ def choose_providers(choice: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def kernel_workers(cpus: int, cfg: ScoreConfig, n_index: int, int8: bool) -> int:
+    """Workers of the top-N kernel: one per CPU, as many as fit ``cfg.work_memory_mb``.
+
+    Each holds a [model_batch, items] float32 score matrix (scattered in place), the int8
+    scorer's part an int32 one of the same size beside it; at least one."""
+    each = cfg.model_batch * n_index * 4 * (2 if int8 else 1)
+    return max(1, min(cpus, cfg.work_memory_mb * 2**20 // each))
+
+
 def open_scorer(path: Path, providers: list[str], topk: str, threads: int, rows: int):
     """The session ``score`` calls: on the CPU with ``topk`` "kernel", a
     ``topk.SplitScorer`` of ``threads`` workers and parts of ``rows`` users; else, or
@@ -171,7 +180,8 @@ def score(
     # int8 only where its gate passed (checked with the other files by load_version)
     scorer = registry.scorer_file(version_dir, manifest, providers[0] == "CPUExecutionProvider")
     # on the CPU the top N is nightrec's kernel between two parts of the graph (``topk``)
-    sess, topk_mode = open_scorer(scorer, providers, cfg.topk, cpus(), cfg.model_batch)
+    workers = kernel_workers(cpus(), cfg, n_index, scorer.name == registry.SCORER_INT8)
+    sess, topk_mode = open_scorer(scorer, providers, cfg.topk, workers, cfg.model_batch)
     provider = sess.get_providers()[0]
     # users per ONNX Runtime call: on the CPU a cache-sized slice; a GPU takes the whole
     # scoring batch (``batch_size``: raise it to thousands there to fill the device)
@@ -280,6 +290,7 @@ def score(
         "provider": provider,
         "scorer": scorer.name,  # scorer_int8.onnx where the int8 gate passed (``quantize``)
         "topk": topk_mode,  # kernel: nightrec's top N after ONNX Runtime's product; graph: fused
+        "topk_workers": sess.threads if topk_mode == "kernel" else None,
         "users": users.len(),
         "users_history": warm.height,
         "users_cold": cold.len(),

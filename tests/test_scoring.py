@@ -418,6 +418,7 @@ def test_the_top_n_kernel_and_the_fused_graph_write_the_same_rows(
         cfg = ScoreConfig(top_n=TOP_N, provider="cpu", topk=mode, model_batch=16, batch_size=32)
         stats = score.score(settings, run1["snapshot"], f"topk-{name}", cfg)
         assert stats["topk"] == mode
+        assert stats["topk_workers"] == (workers.cpus() if mode == "kernel" else None)
         folder = score.shard_dir(settings, f"topk-{name}", 0, 1)
         assert json.loads((folder / "_SUCCESS.json").read_text())["topk"] == mode
         parts = sorted(p for p in folder.glob("*.parquet") if p.name != score.SIMILAR_FILE)

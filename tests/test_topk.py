@@ -182,3 +182,17 @@ def test_score_config_topk_is_checked() -> None:
     assert ScoreConfig().topk == "kernel"
     with pytest.raises(ContractError, match="topk must be kernel or graph, got 'fast'"):
         ScoreConfig(topk="fast")
+
+
+def test_the_kernels_workers_fit_their_working_memory() -> None:
+    """One worker per CPU while their score matrices fit ``work_memory_mb``; fewer where
+    not (the int8 part holds two matrices); never none."""
+    cfg = ScoreConfig(model_batch=256, work_memory_mb=2048)
+    assert score.kernel_workers(16, cfg, 100_001, int8=False) == 16  # 98 MiB each
+    assert score.kernel_workers(16, cfg, 100_001, int8=True) == 10  # 195 MiB each
+    assert score.kernel_workers(16, cfg, 1_000_001, int8=False) == 2  # 977 MiB each
+    assert score.kernel_workers(16, cfg, 1_000_001, int8=True) == 1
+    assert score.kernel_workers(16, cfg, 10_000_001, int8=True) == 1  # over budget: still one
+    assert score.kernel_workers(2, cfg, 50_001, int8=True) == 2
+    with pytest.raises(ContractError, match="work_memory_mb"):
+        ScoreConfig(work_memory_mb=0)
