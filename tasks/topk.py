@@ -60,6 +60,31 @@ def _key(bits, j):  # pragma: no cover - compiled
     return ((_LOW - asc) << np.uint64(32)) | np.uint64(j)
 
 
+@njit(boundscheck=False, nogil=True, inline="always", cache=False)
+def _split(a, lo, hi):  # pragma: no cover - compiled
+    """Hoare's partition of ``a[lo:hi + 1]`` in place around the median of its first,
+    middle and last values: (i, j) with ``a[lo:j + 1]`` <= pivot <= ``a[i:hi + 1]``."""
+    mid = (lo + hi) // 2
+    if a[mid] < a[lo]:
+        a[mid], a[lo] = a[lo], a[mid]
+    if a[hi] < a[lo]:
+        a[hi], a[lo] = a[lo], a[hi]
+    if a[hi] < a[mid]:
+        a[hi], a[mid] = a[mid], a[hi]
+    pivot = a[mid]
+    i, j = lo, hi
+    while i <= j:
+        while a[i] < pivot:
+            i += 1
+        while a[j] > pivot:
+            j -= 1
+        if i <= j:
+            a[i], a[j] = a[j], a[i]
+            i += 1
+            j -= 1
+    return i, j
+
+
 @njit(boundscheck=False, nogil=True, cache=False)
 def _kth_largest(a, k):  # pragma: no cover - compiled
     """The k-th largest value of ``a`` (reordered in place; no NaN): a quickselect,
@@ -67,25 +92,7 @@ def _kth_largest(a, k):  # pragma: no cover - compiled
     lo, hi = 0, a.shape[0] - 1
     want = a.shape[0] - k  # its index in ascending order
     while lo < hi:
-        mid = (lo + hi) // 2
-        # median of three as the pivot, left at ``mid``
-        if a[mid] < a[lo]:
-            a[mid], a[lo] = a[lo], a[mid]
-        if a[hi] < a[lo]:
-            a[hi], a[lo] = a[lo], a[hi]
-        if a[hi] < a[mid]:
-            a[hi], a[mid] = a[mid], a[hi]
-        pivot = a[mid]
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
+        i, j = _split(a, lo, hi)
         if want <= j:
             hi = j
         elif want >= i:
@@ -100,7 +107,6 @@ def _sort_keys(a, n):  # pragma: no cover - compiled
     """``a[:n]`` (distinct uint64 keys) sorted in place: quicksort with insertion sort
     for short runs (``np.sort`` costs ~3x as much on these ~130 keys)."""
     stack = np.empty(128, np.int64)
-    top = 0
     stack[0], stack[1] = 0, n - 1
     top = 2
     while top > 0:
@@ -108,24 +114,7 @@ def _sort_keys(a, n):  # pragma: no cover - compiled
         lo = stack[top - 2]
         top -= 2
         while hi - lo > 16:
-            mid = (lo + hi) // 2
-            if a[mid] < a[lo]:
-                a[mid], a[lo] = a[lo], a[mid]
-            if a[hi] < a[lo]:
-                a[hi], a[lo] = a[lo], a[hi]
-            if a[hi] < a[mid]:
-                a[hi], a[mid] = a[mid], a[hi]
-            pivot = a[mid]
-            i, j = lo, hi
-            while i <= j:
-                while a[i] < pivot:
-                    i += 1
-                while a[j] > pivot:
-                    j -= 1
-                if i <= j:
-                    a[i], a[j] = a[j], a[i]
-                    i += 1
-                    j -= 1
+            i, j = _split(a, lo, hi)
             # the longer side goes on the stack, the shorter is sorted next: depth <= log n
             if j - lo < hi - i:
                 stack[top], stack[top + 1] = i, hi
@@ -237,11 +226,10 @@ def _cache_compiled() -> None:
     """Keep the compiled kernel on disk (Numba's cache: beside this file, else the user's
     cache folder or ``NUMBA_CACHE_DIR``): compiling it takes seconds. Where no folder is
     writable it is compiled in each process, as without a cache."""
-    for fn in (_select,):
-        try:
-            fn.enable_caching()
-        except Exception as e:  # noqa: BLE001 - no writable cache folder: compile each time
-            log.debug("topk: no cache for the compiled kernel (%s)", e)
+    try:
+        _select.enable_caching()
+    except Exception as e:  # noqa: BLE001 - no writable cache folder: compile each time
+        log.debug("topk: no cache for the compiled kernel (%s)", e)
 
 
 _cache_compiled()
@@ -347,12 +335,8 @@ class SplitScorer:
     def _part(self, feed: dict, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         seen = feed["exclude"]  # cut to this part's widest user, as run_scorer cuts a call
         used = np.flatnonzero((seen != 0).any(axis=0))
-        feed = {
-            **feed,
-            "exclude": np.ascontiguousarray(
-                seen[:, : max(int(used[-1]) + 1 if len(used) else 1, 1)]
-            ),
-        }
+        width = int(used[-1]) + 1 if len(used) else 1
+        feed = {**feed, "exclude": np.ascontiguousarray(seen[:, :width])}
         scores, idx, w = self._head.run(None, {n: feed[n] for n in self._head_in})
         top_s, top_i = select_rows(scores, idx, w, self._add, k)
         tail = {n: feed[n] for n in self._tail_in}
