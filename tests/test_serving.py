@@ -203,6 +203,7 @@ def test_lock_wait_is_bounded_and_names_the_holder(env, monkeypatch):
     from nightrec import db
 
     monkeypatch.setenv("NIGHTREC_LOCK_WAIT_S", "1")
+    db.connect(env.warehouse).close()  # the warehouse exists when this test runs alone too
     holder = subprocess.Popen(
         [PY, "-c", HOLD_READER, str(env.warehouse), "30"], stdout=subprocess.PIPE, text=True
     )
