@@ -200,7 +200,7 @@ def evaluate_split(
             t = time.perf_counter()
             fitted = Candidate.fit(split, text, cfg)
             counts["train_examples"] = fitted.examples
-            counts["seconds"]["fit"] = round(time.perf_counter() - t, 2)
+            counts["seconds"]["fit"] = round(time.perf_counter() - t, 3)
             candidate = fitted
         if removals is not None and catalog is not None:
             candidate = Ruled(candidate, split, removals, catalog)
@@ -434,7 +434,7 @@ def _parts(
             if model is None:
                 t = time.perf_counter()
                 fitted = Candidate.fit(split, inputs.text, cfg)
-                fit_seconds = round(time.perf_counter() - t, 2)
+                fit_seconds = round(time.perf_counter() - t, 3)
                 model, first, examples = fitted.model, f"{protocol}/{part}", fitted.examples
                 candidate, own = fitted, True
             else:
