@@ -391,8 +391,9 @@ def test_parts_with_the_same_training_data_share_one_fit(
 
     split, catalog = _split(snap, "time", "test", cfg)
     active = np.concatenate([[False], catalog["active"].to_numpy()])
+    before = len(fits)
     own, counts = evaluate.evaluate_split(split, embed.load_embeddings(snap), active, TINY, cfg)
-    assert counts["seconds"]["fit"] > 0  # fitted here, for this part alone
+    assert len(fits) == before + 1 and "fit" in counts["seconds"]  # fitted for this part alone
     key = ["metric", "k", "slice"]
     mine = pl.DataFrame(own).filter(pl.col("model") == "nightrec").sort(key)
     stored = (
