@@ -23,6 +23,7 @@ term, else ``similar_to_recent`` where that history item is among the user's las
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     import torch
 
 from nightrec.config import check_int, check_number
+
+log = logging.getLogger(__name__)
 
 RECENT = 3  # history items that count as "recent" for the similar_to_recent reason
 REASONS = ("history", "trending", "similar_to_recent")
@@ -230,24 +233,131 @@ def reasons(trending: np.ndarray, because: np.ndarray, recent: np.ndarray) -> np
 
 
 def similar_items(
-    item_matrix: np.ndarray, active: np.ndarray, k: int, max_cells: int = 1 << 22
+    item_matrix: np.ndarray,
+    active: np.ndarray,
+    k: int,
+    max_cells: int = 1 << 25,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top ``k`` active items per active item by cosine of the item tower's vectors.
 
     ``item_matrix`` [M + 1, d] (row 0 padding), ``active`` [M + 1] bool. Never the item
     itself; ties by lower index. Returns (item [n], similar item [n, k], cosine [n, k])
-    for the active items, -1 / nan where fewer than ``k`` others exist. Memory: items
-    are taken in batches of ``max_cells`` similarities (16 MB of float32 at the default).
+    for the active items, -1 / nan where fewer than ``k`` others exist. Memory: at most
+    ``max_cells`` similarities in flight (128 MB of float32 at the default).
+
+    On ``threads`` workers (default: one per CPU), each with its own batches of items: the
+    product by ONNX Runtime (MLAS, one thread), then the top-N kernel's exact top ``k``
+    (``topk.select_rows``, Numba) with the item itself dropped. Without Numba, PyTorch and
+    ``top_k_rows`` instead: the same order (by value, then lower index). An item whose
+    vector is not finite gets no similar items and is no one's (with a warning).
     """
     norm = np.linalg.norm(item_matrix, axis=1, keepdims=True)
     unit = (item_matrix / np.maximum(norm, 1e-12)).astype(np.float32)
+    finite = np.isfinite(unit).all(axis=1)
     items = np.flatnonzero(active)
-    cols = items  # candidates: active items only
+    cols = np.flatnonzero(active & finite)  # candidates: active items with a usable vector
+    if len(cols) < len(items):
+        log.warning(
+            "similar items: %d active items have a vector that is not finite (NaN or inf): "
+            "they get no similar items and are no one's",
+            len(items) - len(cols),
+        )
     k = min(k, max(len(cols) - 1, 0))
     out_i = np.full((len(items), k), -1, dtype=np.int64)
     out_s = np.full((len(items), k), np.nan, dtype=np.float32)
     if k == 0:
         return items, out_i, out_s
+    got_i, got_s = out_i[: len(cols)].copy(), out_s[: len(cols)].copy()  # a row per column
+    try:
+        _similar_kernel(unit, cols, k, max_cells, threads, got_i, got_s)
+    except _NoKernel as e:
+        log.warning("similar items: %s; PyTorch takes the top %d instead (slower)", e, k)
+        _similar_torch(unit, cols, cols, k, max_cells, got_i, got_s)
+    where = np.searchsorted(items, cols)
+    out_i[where], out_s[where] = got_i, got_s
+    return items, out_i, out_s
+
+
+class _NoKernel(Exception):
+    """The kernel path cannot run here (no Numba, or the product cannot be built)."""
+
+
+def _similar_kernel(
+    unit: np.ndarray,
+    items: np.ndarray,
+    k: int,
+    max_cells: int,
+    threads: int | None,
+    out_i: np.ndarray,
+    out_s: np.ndarray,
+) -> None:
+    """``similar_items`` of ``items`` among themselves (unit vectors, all finite) by ONNX
+    Runtime's product and the top-N kernel (its docstring)."""
+    import concurrent.futures
+
+    try:
+        from nightrec import topk
+    except ImportError as e:  # the GPU check machine carries only some wheels
+        raise _NoKernel(f"no Numba ({e})") from e
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nightrec.workers import cpus
+
+    n, d = len(items), unit.shape[1]
+    cand = np.ascontiguousarray(unit[items].T)  # [d, n]
+    if cand.nbytes >= 2**31 - 2**20:  # over protobuf's 2 GB: no graph can hold it
+        raise _NoKernel(f"the item matrix ({cand.nbytes / 2**30:.1f} GB) is too large")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["rows", "items"], ["sims"])],
+        "similar_items",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, d])],
+        [helper.make_tensor_value_info("sims", TensorProto.FLOAT, [None, n])],
+        [numpy_helper.from_array(cand, "items")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # one worker per core, each with its own batches
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    del model, graph, cand  # the session holds the matrix
+    workers = max(1, threads or cpus())
+    batch = max(1, max_cells // (n * workers))
+    own = np.arange(n, dtype=np.int64)  # item items[j] is candidate column j
+
+    def one(lo: int) -> None:
+        hi = min(lo + batch, n)
+        (sims,) = session.run(None, {"rows": unit[items[lo:hi]]})
+        drop = own[lo:hi, None]  # the item itself to -inf, then the exact top k (TopK's order)
+        vals, part = topk.select_rows(
+            sims, drop, np.full(drop.shape, -np.inf, np.float32), False, k
+        )
+        out_i[lo:hi] = items[part]
+        out_s[lo:hi] = vals
+
+    starts = range(0, n, batch)
+    if workers == 1 or len(starts) == 1:
+        for lo in starts:
+            one(lo)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="similar") as pool:
+        for _ in pool.map(one, starts):
+            pass
+
+
+def _similar_torch(
+    unit: np.ndarray,
+    items: np.ndarray,
+    cols: np.ndarray,
+    k: int,
+    max_cells: int,
+    out_i: np.ndarray,
+    out_s: np.ndarray,
+) -> None:
+    """``similar_items`` of ``items`` among ``cols`` by PyTorch's product and ``top_k_rows``."""
     import torch
 
     from nightrec.model import block_size
@@ -256,7 +366,7 @@ def similar_items(
     width = -(-n // s) * s  # zero columns up to top_k_rows' whole blocks (-inf below): no copy
     cand = torch.zeros(unit.shape[1], width)
     cand[:, :n] = torch.from_numpy(np.ascontiguousarray(unit[cols].T))  # [d, n] + padding
-    batch = max(1, max_cells // max(width, 1))
+    batch = max(1, min(max_cells, 1 << 22) // max(width, 1))  # 16 MB at most, as before
     for lo in range(0, len(items), batch):
         rows = items[lo : lo + batch]
         with torch.inference_mode():
@@ -268,7 +378,6 @@ def similar_items(
             vals, part = top_k_rows(sims, k)
         out_i[lo : lo + len(rows)] = cols[part]
         out_s[lo : lo + len(rows)] = vals
-    return items, out_i, out_s
 
 
 def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:

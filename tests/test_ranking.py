@@ -157,6 +157,74 @@ def test_similar_items_two_stage_matches_a_full_sort() -> None:
     np.testing.assert_allclose(cos, np.take_along_axis(full, ref, axis=1), rtol=1e-5, atol=1e-6)
 
 
+def _torch_similar(m: np.ndarray, active: np.ndarray, k: int):
+    """``similar_items`` by its PyTorch path alone (no kernel), for comparison."""
+    items = np.flatnonzero(active)
+    unit = (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    k = min(k, len(items) - 1)
+    out_i = np.full((len(items), k), -1, np.int64)
+    out_s = np.full((len(items), k), np.nan, np.float32)
+    ranking._similar_torch(unit, items, items, k, 1 << 22, out_i, out_s)
+    return items, out_i, out_s
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_similar_items_kernel_and_pytorch_paths_agree(threads: int, caplog) -> None:
+    """The kernel path (ONNX Runtime's product, the top-N kernel, small batches over
+    several workers) gives the PyTorch path's lists: duplicated vectors (ties at every
+    place, to the lower index), inactive items, a zero vector; never the item itself."""
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((4001, 16)).astype(np.float32)
+    m[2000:2300] = m[10:310]  # exact ties
+    m[77] = 0.0  # a zero vector: cosine 0 with everything
+    active = rng.random(4001) > 0.2
+    active[0] = False
+    with caplog.at_level("WARNING", logger="nightrec.ranking"):
+        got = ranking.similar_items(m, active, 12, max_cells=1 << 15, threads=threads)
+    assert not caplog.records  # the kernel path ran
+    want = _torch_similar(m, active, 12)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-6)
+    assert not (got[1] == got[0][:, None]).any()
+    assert set(got[1].ravel()) <= set(np.flatnonzero(active))
+
+
+def test_similar_items_without_numba_or_with_nan_vectors_still_answer(monkeypatch, caplog) -> None:
+    """Without Numba (a stripped environment) the PyTorch path answers, with a warning. An
+    item whose vector is NaN gets no similar items and is no one's (with a warning); the
+    other lists are those of the catalog without it, on either path."""
+    import sys
+
+    import nightrec
+
+    rng = np.random.default_rng(4)
+    m = rng.standard_normal((900, 8)).astype(np.float32)
+    active = np.ones(900, bool)
+    active[0] = False
+    want = _torch_similar(m, active, 5)
+    with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="nightrec.ranking"):
+        patch.setitem(sys.modules, "nightrec.topk", None)  # import fails
+        patch.delattr(nightrec, "topk", raising=False)
+        got = ranking.similar_items(m, active, 5, threads=2)
+    assert any("no Numba" in r.getMessage() for r in caplog.records)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want, strict=True))
+
+    m[300] = np.nan
+    without = active.copy()
+    without[300] = False
+    _, want_i, want_s = _torch_similar(m, without, 5)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nightrec.ranking"):
+        items, got_i, got_s = ranking.similar_items(m, active, 5, max_cells=1 << 14, threads=2)
+    assert any(
+        "1 active items have a vector that is not finite" in r.getMessage() for r in caplog.records
+    )
+    row = int(np.searchsorted(items, 300))
+    assert (got_i[row] == -1).all() and np.isnan(got_s[row]).all()
+    assert np.array_equal(np.delete(got_i, row, axis=0), want_i) and 300 not in got_i
+    assert np.array_equal(np.delete(got_s, row, axis=0), want_s)
+
+
 def test_rank_config_checks() -> None:
     with pytest.raises(ContractError):
         RankConfig(alpha=1.5)
