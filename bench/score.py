@@ -29,6 +29,11 @@ peak RSS is its own:
   top N with the fp32 scorer's on the same users.
 - **nightrec end to end**: ``nightrec score`` on a snapshot: histories read from
   Parquet, the scorer, top-N rows written as Parquet parts.
+- **similar items**: the model's ``ScoreConfig.similar_k`` most similar items of every
+  item (``ranking.similar_items``, as ``nightrec score`` writes them): on the CPU ONNX
+  Runtime's product and the top-N kernel on one worker per core, beside its PyTorch path
+  (``kernel=False``: PyTorch's product and ``top_k_rows``, what served before), with
+  whether both gave the same lists.
 - **publish** of those rows (``nightrec publish``: the serving version, its checks, the
   catalog) beside a baseline, DuckDB copying the same parts into one Parquet file (one
   pass over the rows: what publish did before it took the parts as they are).
@@ -413,6 +418,42 @@ PARTS = (
     "end-to-end",
 )  # fmt: skip
 PUBLISH = ("publish-floor", "publish")
+SIMILAR = ("similar-torch", "similar")
+
+
+def run_similar(work: Path, which: str) -> dict:
+    """The model's similar items of every item (``similar``: as served; ``similar-torch``:
+    the PyTorch path), timed after a warm-up on a slice; the lists' digest, to compare."""
+    import hashlib
+
+    import torch
+
+    from nightrec import ranking
+    from nightrec.config import ScoreConfig, TrainConfig
+    from nightrec.model import Encoder
+
+    folder = work / "models" / VERSION
+    manifest = json.loads((folder / "manifest.json").read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{n: v for n, v in manifest["config"].items() if n in known})
+    state = torch.load(folder / "encoder.pt", weights_only=True)
+    with torch.inference_mode():
+        vectors = Encoder.from_state(state, cfg).item_vectors().numpy()
+    active = np.ones(len(vectors), bool)
+    active[0] = False  # padding
+    k, kernel = ScoreConfig().similar_k, which == "similar"
+    ranking.similar_items(vectors[:2000], active[:2000], k, kernel=kernel)  # imports, Numba
+    t = time.perf_counter()
+    items, sim_i, sim_s = ranking.similar_items(vectors, active, k, kernel=kernel)
+    seconds = time.perf_counter() - t
+    return {
+        "which": which,
+        "items": len(items),
+        "seconds": seconds,
+        "lists": hashlib.sha256(sim_i.tobytes()).hexdigest()[:16],
+        "cosines": hashlib.sha256(sim_s.tobytes()).hexdigest()[:16],
+        "peak_gb": peak_rss_gb(),
+    }
 
 
 def child(args: list[str]) -> dict:
@@ -465,6 +506,23 @@ def table(rows: list[dict]) -> str:
                 f"| {r['scale']} | {part} | {x['rows']:,} | {rate / 1e6:.2f} | "
                 f"{floor / rate:.2f}x | {x['peak_gb']:.2f} |"
             )
+    head = "| users x items | similar items | items | seconds | items/s | speed-up | same lists |"
+    lines += ["", head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = r["similar-torch"]
+        for part in SIMILAR:
+            x = r[part]
+            if "skipped" in x:
+                continue
+            same = "–"
+            if part != "similar-torch" and "skipped" not in base:
+                same = "yes" if x["lists"] == base["lists"] else "no"
+                same += ", same cosines" if x["cosines"] == base["cosines"] else ""
+            speed = f"{base['seconds'] / x['seconds']:.2f}x" if "skipped" not in base else "–"
+            lines.append(
+                f"| {r['scale']} | {part} | {x['items']:,} | {x['seconds']:.2f} | "
+                f"{x['items'] / x['seconds']:,.0f} | {speed} | {same} |"
+            )
     return "\n".join(lines)
 
 
@@ -483,7 +541,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--parts",
-        default=",".join(PARTS + PUBLISH),
+        default=",".join(PARTS + PUBLISH + SIMILAR),
         help="which parts to time (the floors always run, the ORT one on the CPU only)",
     )
     ap.add_argument("--part", help=argparse.SUPPRESS)  # worker: prepare | floor | ... with --scale
@@ -499,6 +557,8 @@ def main() -> None:
             res = run_end_to_end(work, args.provider)
         elif args.part in PUBLISH:
             res = run_publish(work, args.part)
+        elif args.part in SIMILAR:
+            res = run_similar(work, args.part)
         else:
             res = run_floor_and_peers(work, args.sample, args.part, args.provider)
         print("RESULT " + json.dumps(res), flush=True)
@@ -515,7 +575,7 @@ def main() -> None:
             wanted = {"floor", *args.parts.split(",")}
             if args.provider == "cpu":
                 wanted.add("floor-ort")
-            for part in PARTS + PUBLISH:
+            for part in PARTS + PUBLISH + SIMILAR:
                 row[part] = (
                     child(["--part", part, *common])
                     if part in wanted

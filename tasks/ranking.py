@@ -238,6 +238,7 @@ def similar_items(
     k: int,
     max_cells: int = 1 << 25,
     threads: int | None = None,
+    kernel: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top ``k`` active items per active item by cosine of the item tower's vectors.
 
@@ -249,8 +250,9 @@ def similar_items(
     On ``threads`` workers (default: one per CPU), each with its own batches of items: the
     product by ONNX Runtime (MLAS, one thread), then the top-N kernel's exact top ``k``
     (``topk.select_rows``, Numba) with the item itself dropped. Without Numba, PyTorch and
-    ``top_k_rows`` instead: the same order (by value, then lower index). An item whose
-    vector is not finite gets no similar items and is no one's (with a warning).
+    ``top_k_rows`` instead (``kernel`` False asks for that path): the same order (by value,
+    then lower index). An item whose vector is not finite gets no similar items and is no
+    one's (with a warning).
     """
     norm = np.linalg.norm(item_matrix, axis=1, keepdims=True)
     unit = (item_matrix / np.maximum(norm, 1e-12)).astype(np.float32)
@@ -270,9 +272,12 @@ def similar_items(
         return items, out_i, out_s
     got_i, got_s = out_i[: len(cols)].copy(), out_s[: len(cols)].copy()  # a row per column
     try:
+        if not kernel:
+            raise _NoKernel("asked for")
         _similar_kernel(unit, cols, k, max_cells, threads, got_i, got_s)
     except _NoKernel as e:
-        log.warning("similar items: %s; PyTorch takes the top %d instead (slower)", e, k)
+        if kernel:
+            log.warning("similar items: %s; PyTorch takes the top %d instead (slower)", e, k)
         _similar_torch(unit, cols, cols, k, max_cells, got_i, got_s)
     where = np.searchsorted(items, cols)
     out_i[where], out_s[where] = got_i, got_s

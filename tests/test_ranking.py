@@ -159,13 +159,7 @@ def test_similar_items_two_stage_matches_a_full_sort() -> None:
 
 def _torch_similar(m: np.ndarray, active: np.ndarray, k: int):
     """``similar_items`` by its PyTorch path alone (no kernel), for comparison."""
-    items = np.flatnonzero(active)
-    unit = (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    k = min(k, len(items) - 1)
-    out_i = np.full((len(items), k), -1, np.int64)
-    out_s = np.full((len(items), k), np.nan, np.float32)
-    ranking._similar_torch(unit, items, items, k, 1 << 22, out_i, out_s)
-    return items, out_i, out_s
+    return ranking.similar_items(m, active, k, kernel=False)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
