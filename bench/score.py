@@ -307,21 +307,11 @@ def _ort_floor(items: np.ndarray, flat: np.ndarray, n: int) -> dict:
 
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
+    from nightrec.topk import matmul_model
     from nightrec.workers import cpus
 
-    d, m = items.shape[1], items.shape[0]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["u", "w"], ["s"])],
-        "floor",
-        [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["b", d])],
-        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["b", m])],
-        [numpy_helper.from_array(np.ascontiguousarray(items.T), "w")],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)]
-    ).SerializeToString()
+    model = matmul_model(np.ascontiguousarray(items.T))  # input "rows", output "sims"
     onnx.checker.check_model(model)
     best = None
     for workers in (1, cpus()):
@@ -331,11 +321,11 @@ def _ort_floor(items: np.ndarray, flat: np.ndarray, n: int) -> dict:
         pool = concurrent.futures.ThreadPoolExecutor(workers)
         for size in FLOOR_BATCHES:
             chunks = [flat[lo : lo + size] for lo in range(0, len(flat), size)]
-            sess.run(None, {"u": chunks[0]})  # warm
+            sess.run(None, {"rows": chunks[0]})  # warm
 
             def one(w: int, sess=sess, chunks=chunks, workers=workers) -> None:
                 for u in chunks[w::workers]:  # each output dropped at once: memory flat
-                    sess.run(None, {"u": u})
+                    sess.run(None, {"rows": u})
 
             t = time.perf_counter()
             list(pool.map(one, range(workers)))
@@ -426,19 +416,12 @@ def run_similar(work: Path, which: str) -> dict:
     the PyTorch path), timed after a warm-up on a slice; the lists' digest, to compare."""
     import hashlib
 
-    import torch
-
     from nightrec import ranking
-    from nightrec.config import ScoreConfig, TrainConfig
-    from nightrec.model import Encoder
+    from nightrec.config import ScoreConfig
+    from nightrec.score import item_vectors
 
     folder = work / "models" / VERSION
-    manifest = json.loads((folder / "manifest.json").read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{n: v for n, v in manifest["config"].items() if n in known})
-    state = torch.load(folder / "encoder.pt", weights_only=True)
-    with torch.inference_mode():
-        vectors = Encoder.from_state(state, cfg).item_vectors().numpy()
+    vectors = item_vectors(folder, json.loads((folder / "manifest.json").read_text()))
     active = np.ones(len(vectors), bool)
     active[0] = False  # padding
     k, kernel = ScoreConfig().similar_k, which == "similar"

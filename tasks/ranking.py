@@ -271,13 +271,13 @@ def similar_items(
     if k == 0:
         return items, out_i, out_s
     got_i, got_s = out_i[: len(cols)].copy(), out_s[: len(cols)].copy()  # a row per column
-    try:
-        if not kernel:
-            raise _NoKernel("asked for")
-        _similar_kernel(unit, cols, k, max_cells, threads, got_i, got_s)
-    except _NoKernel as e:
-        if kernel:
+    if kernel:
+        try:
+            _similar_kernel(unit, cols, k, max_cells, threads, got_i, got_s)
+        except _NoKernel as e:
             log.warning("similar items: %s; PyTorch takes the top %d instead (slower)", e, k)
+            kernel = False
+    if not kernel:
         _similar_torch(unit, cols, cols, k, max_cells, got_i, got_s)
     where = np.searchsorted(items, cols)
     out_i[where], out_s[where] = got_i, got_s
@@ -306,29 +306,17 @@ def _similar_kernel(
     except ImportError as e:  # the GPU check machine carries only some wheels
         raise _NoKernel(f"no Numba ({e})") from e
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     from nightrec.workers import cpus
 
-    n, d = len(items), unit.shape[1]
+    n = len(items)
     cand = np.ascontiguousarray(unit[items].T)  # [d, n]
     if cand.nbytes >= 2**31 - 2**20:  # over protobuf's 2 GB: no graph can hold it
         raise _NoKernel(f"the item matrix ({cand.nbytes / 2**30:.1f} GB) is too large")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["rows", "items"], ["sims"])],
-        "similar_items",
-        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, d])],
-        [helper.make_tensor_value_info("sims", TensorProto.FLOAT, [None, n])],
-        [numpy_helper.from_array(cand, "items")],
+    session = ort.InferenceSession(  # one worker per core, each with its own batches
+        topk.matmul_model(cand), topk.single_threaded(), providers=["CPUExecutionProvider"]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # one worker per core, each with its own batches
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
-    del model, graph, cand  # the session holds the matrix
+    del cand  # the session holds the matrix
     workers = max(1, threads or cpus())
     batch = max(1, max_cells // (n * workers))
     own = np.arange(n, dtype=np.int64)  # item items[j] is candidate column j

@@ -382,25 +382,31 @@ SIMILAR_SCHEMA = {
 }
 
 
-def write_similar(
-    folder: Path, version_dir: Path, manifest: dict, bias: np.ndarray, item_ids: pl.Series, k: int
-) -> dict:
-    """The model's ``k`` most similar active items of every active item (``ranking``),
-    written to ``folder/similar.parquet``; returns its listing (name, rows, bytes, sha256)."""
+def item_vectors(version_dir: Path, manifest: dict) -> np.ndarray:
+    """The model version's item tower vectors [M + 1, d] (row 0 padding), from its
+    ``encoder.pt`` and the training config its manifest records."""
     import torch
 
     from nightrec.config import TrainConfig
     from nightrec.model import Encoder
 
+    state = torch.load(version_dir / "encoder.pt", weights_only=True)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    tcfg = TrainConfig(**{n: v for n, v in manifest["config"].items() if n in known})
+    with torch.inference_mode():
+        return Encoder.from_state(state, tcfg).item_vectors().numpy()
+
+
+def write_similar(
+    folder: Path, version_dir: Path, manifest: dict, bias: np.ndarray, item_ids: pl.Series, k: int
+) -> dict:
+    """The model's ``k`` most similar active items of every active item (``ranking``),
+    written to ``folder/similar.parquet``; returns its listing (name, rows, bytes, sha256)."""
     t0 = time.perf_counter()
     active = np.isfinite(bias)
     frame = pl.DataFrame(schema=SIMILAR_SCHEMA)
     if k > 0 and active.sum() > 1:
-        state = torch.load(version_dir / "encoder.pt", weights_only=True)
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        tcfg = TrainConfig(**{n: v for n, v in manifest["config"].items() if n in known})
-        with torch.inference_mode():
-            vectors = Encoder.from_state(state, tcfg).item_vectors().numpy()
+        vectors = item_vectors(version_dir, manifest)
         items, sim_i, sim_s = ranking.similar_items(vectors, active, k)
         keep = sim_i >= 0
         row = np.repeat(np.arange(len(items)), sim_i.shape[1]).reshape(sim_i.shape)[keep]

@@ -267,6 +267,32 @@ def select_rows(
     return out_s, out_i
 
 
+def single_threaded():
+    """ONNX Runtime session options for one worker of a pool that has one per core."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+def matmul_model(weights: np.ndarray) -> bytes:
+    """A serialized ONNX graph of one MatMul, ``rows`` [B, d] @ ``weights`` [d, n] ->
+    ``sims`` [B, n], the weights an initializer: MLAS's product, as the scorer runs it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    d, n = weights.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["rows", "weights"], ["sims"])],
+        "matmul",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["b", d])],
+        [helper.make_tensor_value_info("sims", TensorProto.FLOAT, ["b", n])],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 class SplitScorer:
     """``scorer.onnx`` on the CPU in three parts (module docstring); called like an ONNX
     Runtime session by ``score.run_scorer``: ``run(None, feed)`` -> [top_scores [B, K],
@@ -301,9 +327,7 @@ class SplitScorer:
         except Exception as e:  # noqa: BLE001 - any graph the extractor cannot cut
             raise Unsplittable(f"cannot cut the graph: {e}") from e
         self._top_name = names[1]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # one worker per core: each runs its own rows
-        opts.inter_op_num_threads = 1
+        opts = single_threaded()  # one worker per core: each runs its own rows
         cpu = ["CPUExecutionProvider"]
         try:  # (a part over 2 GB cannot be serialized: the fused graph serves)
             self._head = ort.InferenceSession(head.SerializeToString(), opts, providers=cpu)
