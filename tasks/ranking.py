@@ -24,6 +24,8 @@ term, else ``similar_to_recent`` where that history item is among the user's las
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,7 @@ from nightrec.config import check_int, check_number
 
 log = logging.getLogger(__name__)
 
+PROGRESS_SECONDS = 15.0  # similar items log their progress at most this often
 RECENT = 3  # history items that count as "recent" for the similar_to_recent reason
 REASONS = ("history", "trending", "similar_to_recent")
 
@@ -271,14 +274,15 @@ def similar_items(
     if k == 0:
         return items, out_i, out_s
     got_i, got_s = out_i[: len(cols)].copy(), out_s[: len(cols)].copy()  # a row per column
+    progress = _Progress(len(cols))
     if kernel:
         try:
-            _similar_kernel(unit, cols, k, max_cells, threads, got_i, got_s)
+            _similar_kernel(unit, cols, k, max_cells, threads, got_i, got_s, progress)
         except _NoKernel as e:
             log.warning("similar items: %s; PyTorch takes the top %d instead (slower)", e, k)
             kernel = False
     if not kernel:
-        _similar_torch(unit, cols, cols, k, max_cells, got_i, got_s)
+        _similar_torch(unit, cols, cols, k, max_cells, got_i, got_s, progress)
     where = np.searchsorted(items, cols)
     out_i[where], out_s[where] = got_i, got_s
     return items, out_i, out_s
@@ -286,6 +290,30 @@ def similar_items(
 
 class _NoKernel(Exception):
     """The kernel path cannot run here (no Numba, or the product cannot be built)."""
+
+
+class _Progress:
+    """Items done so far, logged at most every ``PROGRESS_SECONDS`` (the product is
+    quadratic in the catalog: a million items take many minutes). Thread-safe."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.started = self.last = time.perf_counter()
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = time.perf_counter()
+            if now - self.last < PROGRESS_SECONDS or self.done >= self.total:
+                return
+            self.last = now
+            log.info(
+                "similar items: %d/%d items (%.0f items/s)",
+                self.done,
+                self.total,
+                self.done / max(now - self.started, 1e-9),
+            )
 
 
 def _similar_kernel(
@@ -296,6 +324,7 @@ def _similar_kernel(
     threads: int | None,
     out_i: np.ndarray,
     out_s: np.ndarray,
+    progress: _Progress,
 ) -> None:
     """``similar_items`` of ``items`` among themselves (unit vectors, all finite) by ONNX
     Runtime's product and the top-N kernel (its docstring)."""
@@ -330,6 +359,7 @@ def _similar_kernel(
         )
         out_i[lo:hi] = items[part]
         out_s[lo:hi] = vals
+        progress.add(hi - lo)
 
     starts = range(0, n, batch)
     if workers == 1 or len(starts) == 1:
@@ -349,6 +379,7 @@ def _similar_torch(
     max_cells: int,
     out_i: np.ndarray,
     out_s: np.ndarray,
+    progress: _Progress,
 ) -> None:
     """``similar_items`` of ``items`` among ``cols`` by PyTorch's product and ``top_k_rows``."""
     import torch
@@ -371,6 +402,7 @@ def _similar_torch(
             vals, part = top_k_rows(sims, k)
         out_i[lo : lo + len(rows)] = cols[part]
         out_s[lo : lo + len(rows)] = vals
+        progress.add(len(rows))
 
 
 def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:

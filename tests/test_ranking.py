@@ -219,6 +219,28 @@ def test_similar_items_without_numba_or_with_nan_vectors_still_answer(monkeypatc
     assert np.array_equal(np.delete(got_s, row, axis=0), want_s)
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+def test_similar_items_log_their_progress(kernel: bool, monkeypatch, caplog) -> None:
+    """A long similar-items pass (quadratic in the catalog) says how far it is: items done
+    of all, rising, and a rate; the last batch is left to the step's own summary line."""
+    import re
+
+    monkeypatch.setattr(ranking, "PROGRESS_SECONDS", -1.0)  # every batch
+    rng = np.random.default_rng(5)
+    m = rng.standard_normal((1201, 8)).astype(np.float32)
+    active = np.ones(1201, bool)
+    active[0] = False
+    with caplog.at_level("INFO", logger="nightrec.ranking"):
+        ranking.similar_items(m, active, 5, max_cells=1 << 16, threads=2, kernel=kernel)
+    lines = [r.getMessage() for r in caplog.records if "items/s" in r.getMessage()]
+    pattern = re.compile(r"similar items: (\d+)/(\d+) items")
+    done = [tuple(map(int, pattern.match(x).groups())) for x in lines]  # type: ignore[union-attr]
+    # 1200 items, batches of 65536 // (1200 x workers) rows: several batches, all logged
+    assert len(done) >= 3, lines
+    assert all(total == 1200 for _, total in done)
+    assert [d for d, _ in done] == sorted({d for d, _ in done}) and done[-1][0] < 1200
+
+
 def test_rank_config_checks() -> None:
     with pytest.raises(ContractError):
         RankConfig(alpha=1.5)
