@@ -13,6 +13,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN ?= sqlite:///$(AIRFLOW_HOME)/airflow.db
 export HF_HUB_OFFLINE := 1
 
+# onnxruntime-gpu for its test on a host with no GPU: the CUDA 13 build (bench/gpu_wheels.sh)
+ORT_GPU_VERSION := 1.31.1
 DEMO_USERS ?= 2000
 DEMO_ITEMS ?= 300
 
@@ -27,6 +29,12 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch (a bare `torch` would pull the multi-GB CUDA build)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# onnxruntime-gpu beside the environment, not in it (one ONNX Runtime per environment):
+	# tests/test_onnxruntime_gpu.py runs it in a child process, on a host with no GPU
+	rm -rf $(VENV)/onnxruntime-gpu
+	$(BIN)/python -m pip install -q --no-deps --no-compile --target $(VENV)/onnxruntime-gpu \
+		onnxruntime-gpu==$(ORT_GPU_VERSION) \
+		|| echo "onnxruntime-gpu not installed: tests/test_onnxruntime_gpu.py will skip"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

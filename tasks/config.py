@@ -15,7 +15,9 @@ Model versions live in ``NIGHTREC_MODELS_DIR`` (default ``./models``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.util
+import logging
 import math
 import os
 import re
@@ -23,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
+# the IR version of the ONNX graphs nightrec builds itself (the exported encoder and scorer
+# carry the exporter's, 10): onnxruntime-gpu 1.31 loads up to 13, the onnx package writes 14
+ONNX_IR_VERSION = 10
 
 
 def _sql_dir() -> Path:
@@ -343,11 +349,44 @@ class Fp16Config:
         return cuda_in_onnxruntime()
 
 
+@functools.cache
 def cuda_in_onnxruntime() -> bool:
-    """Whether ONNX Runtime offers its CUDA provider on this machine."""
+    """Whether ONNX Runtime's CUDA provider runs on this machine: offered (the
+    onnxruntime-gpu package) and able to start, which a one-node session is asked to do
+    once per process. onnxruntime-gpu offers CUDA wherever it is installed, also on a host
+    with no GPU or without the CUDA libraries it was built for; there a session quietly
+    runs on the CPU instead. Such a host is a CPU host to nightrec (the CPU's scorer, top-N
+    kernel and int8), with a warning."""
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ONNX_IR_VERSION
+    )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # its own error lines: nightrec says it once, below
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CUDAExecutionProvider"]
+        )
+        runs = session.get_providers()[0] == "CUDAExecutionProvider"
+    except Exception as e:  # noqa: BLE001 - any failure to start is "no CUDA here"
+        log.debug("onnxruntime: the CUDA provider failed to start: %s", e)
+        runs = False
+    if not runs:
+        log.warning(
+            "onnxruntime %s offers CUDA, but its CUDA provider cannot start here (no GPU, or "
+            "not the CUDA and cuDNN libraries it was built for on the library path): "
+            "nightrec runs on the CPU",
+            ort.__version__,
+        )
+    return runs
 
 
 @dataclass(frozen=True)

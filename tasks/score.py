@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from nightrec import db, ranking, registry, rules
-from nightrec.config import ContractError, ScoreConfig, Settings
+from nightrec.config import ContractError, ScoreConfig, Settings, cuda_in_onnxruntime
 from nightrec.model import histories, padded_sets, plan_batches
 from nightrec.publish import RUN_COLUMNS, run_columns  # noqa: F401  (score.RUN_COLUMNS)
 from nightrec.ranking import RankConfig
@@ -65,16 +65,21 @@ def _with_run_columns(frame: pl.DataFrame, columns: dict | None) -> pl.DataFrame
 
 
 def choose_providers(choice: str) -> list[str]:
-    """CUDA first when ONNX Runtime has it (and it is not forced off), then CPU."""
+    """CUDA first where ONNX Runtime's CUDA provider runs here (``cuda_in_onnxruntime``)
+    and it is not forced off, then CPU."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
     if choice == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
+    if cuda_in_onnxruntime():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if choice == "cuda":
-        raise ContractError(f"provider 'cuda' asked for, but ONNX Runtime offers only {available}")
+        available = ort.get_available_providers()
+        why = "cannot start here" if "CUDAExecutionProvider" in available else "is not offered"
+        raise ContractError(
+            f"provider 'cuda' asked for, but ONNX Runtime's CUDA provider {why} "
+            f"(onnxruntime {ort.__version__} offers {available})"
+        )
     return ["CPUExecutionProvider"]
 
 

@@ -282,6 +282,8 @@ def matmul_model(weights: np.ndarray) -> bytes:
     ``sims`` [B, n], the weights an initializer: MLAS's product, as the scorer runs it."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from nightrec.config import ONNX_IR_VERSION
+
     d, n = weights.shape
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["rows", "weights"], ["sims"])],
@@ -290,7 +292,10 @@ def matmul_model(weights: np.ndarray) -> bytes:
         [helper.make_tensor_value_info("sims", TensorProto.FLOAT, ["b", n])],
         [numpy_helper.from_array(weights, "weights")],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ONNX_IR_VERSION
+    )
+    return model.SerializeToString()
 
 
 class SplitScorer:

@@ -18,7 +18,13 @@ import torch
 from conftest import AS_OF, write_csv
 
 from nightrec import embed, fusion, ingest, publish, registry, score, snapshot, train
-from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig
+from nightrec.config import (
+    ContractError,
+    ScoreConfig,
+    Settings,
+    TrainConfig,
+    cuda_in_onnxruntime,
+)
 from nightrec.model import Encoder, TopNScorer
 
 
@@ -584,8 +590,8 @@ PROVIDERS = [
     pytest.param(
         "CUDAExecutionProvider",
         marks=pytest.mark.skipif(
-            "CUDAExecutionProvider" not in ort.get_available_providers(),
-            reason="no CUDA provider in this ONNX Runtime (onnxruntime-gpu on a GPU host)",
+            not cuda_in_onnxruntime(),
+            reason="ONNX Runtime's CUDA provider cannot run here (onnxruntime-gpu, a GPU)",
         ),
     ),
 ]

@@ -18,7 +18,13 @@ import torch
 from test_model import BIG_ITEMS, _reference_top, big_catalog, big_queries
 
 from nightrec import quantize, registry, score, topk
-from nightrec.config import ContractError, Int8Config, ScoreConfig, TrainConfig
+from nightrec.config import (
+    ONNX_IR_VERSION,
+    ContractError,
+    Int8Config,
+    ScoreConfig,
+    TrainConfig,
+)
 from nightrec.model import Encoder
 
 
@@ -152,7 +158,8 @@ def test_a_graph_that_cannot_be_split_is_served_whole(tmp_path: Path, caplog) ->
         [onnx.helper.make_node("Relu", ["history"], ["top_scores"])], "g", [x], [y]
     )
     path = tmp_path / "plain.onnx"
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    opset = [onnx.helper.make_opsetid("", 17)]
+    onnx.save(onnx.helper.make_model(graph, opset_imports=opset, ir_version=ONNX_IR_VERSION), path)
     with pytest.raises(topk.Unsplittable):
         topk.SplitScorer(path, 2, 8)
     with caplog.at_level(logging.WARNING, logger="nightrec.score"):
