@@ -15,8 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 ORT_GPU=${ORT_GPU:-onnxruntime-gpu==1.31.1}
+# the lent machine's Python; another (3.11) builds the same kit for a dry run here
+PY_TARGET=${PY_TARGET:-3.12}
 rm -rf .wheels && mkdir -p .wheels/dl
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_TARGET" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .wheels/dl \
   "$ORT_GPU" \
