@@ -15,7 +15,6 @@ host where torch sees a GPU (the CUDA tests cover that one).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -23,13 +22,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
-
-from nightrec import registry
-from nightrec.config import TrainConfig
-from nightrec.model import Encoder
+from test_topk import small_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 ORT_GPU = Path(os.environ.get("NIGHTREC_TEST_ORT_GPU", REPO / ".venv" / "onnxruntime-gpu"))
@@ -83,19 +78,8 @@ print("FACTS " + json.dumps(facts))
 
 
 def test_a_gpu_build_without_a_usable_gpu_runs_nightrecs_cpu_path(tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    text = torch.randn(41, 8)
-    text[0] = 0.0
-    cfg = TrainConfig(dim=8, max_history=4)
-    model = Encoder(text, cfg).eval()
-    ids = np.arange(1, 41)
-    index = pl.DataFrame({"item_id": [f"i{i:03d}" for i in ids], "idx": ids})
-    rng = np.random.default_rng(2)
-    sample = rng.integers(1, 41, (4, 4))
-    folder = registry.export(model, tmp_path, "v", index, dataclasses.asdict(cfg), {}, sample)
-    bias = np.zeros(41, np.float32)
-    bias[[0, 5, 6]] = -np.inf
-    hist = rng.integers(0, 41, (30, 4))
+    scorer, hist, bias = small_catalog(tmp_path)
+    rng = np.random.default_rng(4)
     vectors = rng.standard_normal((600, 8)).astype(np.float32)
     active = np.ones(600, bool)
     active[0] = False
@@ -105,7 +89,7 @@ def test_a_gpu_build_without_a_usable_gpu_runs_nightrecs_cpu_path(tmp_path: Path
     path = [str(ORT_GPU), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder / registry.SCORER), str(data)],
+        [sys.executable, "-c", CHILD, str(scorer), str(data)],
         env=env,
         capture_output=True,
         text=True,

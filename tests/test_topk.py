@@ -124,8 +124,10 @@ def test_split_scorer_gives_the_fused_graphs_lists_bit_for_bit(tmp_path: Path, f
     split.close()
 
 
-def test_split_scorer_on_a_small_catalog_one_topk_in_the_graph(tmp_path: Path) -> None:
-    """A catalog too small for the graph's two stages (one TopK): the same lists."""
+def small_catalog(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An untrained encoder over 40 items (too few for the graph's two-stage top N),
+    exported to ``tmp_path``: its scorer file, 30 histories of 4 and a bias that drops
+    items 5 and 6 (and the padding)."""
     torch.manual_seed(3)
     text = torch.randn(41, 8)
     text[0] = 0.0
@@ -134,14 +136,17 @@ def test_split_scorer_on_a_small_catalog_one_topk_in_the_graph(tmp_path: Path) -
     ids = np.arange(1, 41)
     index = pl.DataFrame({"item_id": [f"i{i:03d}" for i in ids], "idx": ids})
     rng = np.random.default_rng(2)
-    folder = registry.export(
-        model, tmp_path, "v-small", index, dataclasses.asdict(cfg), {}, rng.integers(1, 41, (4, 4))
-    )
-    path = folder / registry.SCORER
-    assert not any(n.op_type == "ReduceMax" for n in onnx.load(str(path)).graph.node)
-    hist = rng.integers(0, 41, (30, 4))
+    sample = rng.integers(1, 41, (4, 4))
+    folder = registry.export(model, tmp_path, "v-small", index, dataclasses.asdict(cfg), {}, sample)
     bias = np.zeros(41, np.float32)
     bias[[0, 5, 6]] = -np.inf
+    return folder / registry.SCORER, rng.integers(0, 41, (30, 4)), bias
+
+
+def test_split_scorer_on_a_small_catalog_one_topk_in_the_graph(tmp_path: Path) -> None:
+    """A catalog too small for the graph's two stages (one TopK): the same lists."""
+    path, hist, bias = small_catalog(tmp_path)
+    assert not any(n.op_type == "ReduceMax" for n in onnx.load(str(path)).graph.node)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     split = topk.SplitScorer(path, 2, 8)
     for k in (1, 10, 40):
