@@ -369,11 +369,9 @@ def cuda_in_onnxruntime() -> bool:
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ONNX_IR_VERSION
     )
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # its own error lines: nightrec says it once, below
-    try:
+    try:  # where it cannot start, ONNX Runtime's own error line (once) says why
         session = ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CUDAExecutionProvider"]
+            model.SerializeToString(), providers=["CUDAExecutionProvider"]
         )
         runs = session.get_providers()[0] == "CUDAExecutionProvider"
     except Exception as e:  # noqa: BLE001 - any failure to start is "no CUDA here"
@@ -382,8 +380,8 @@ def cuda_in_onnxruntime() -> bool:
     if not runs:
         log.warning(
             "onnxruntime %s offers CUDA, but its CUDA provider cannot start here (no GPU, or "
-            "not the CUDA and cuDNN libraries it was built for on the library path): "
-            "nightrec runs on the CPU",
+            "not the CUDA and cuDNN libraries it was built for on the library path; ONNX "
+            "Runtime's error above says which): nightrec runs on the CPU",
             ort.__version__,
         )
     return runs

@@ -106,6 +106,8 @@ def test_a_gpu_build_without_a_usable_gpu_runs_nightrecs_cpu_path(tmp_path: Path
     assert facts["cuda"] == [False, False]
     said = [x for x in logs if "offers CUDA, but its CUDA provider cannot start here" in x]
     assert len(said) == 1 and said[0].startswith("LOG WARNING"), logs
+    # ONNX Runtime's own reason, once (here: a CUDA library it cannot load, or no device)
+    assert child.stderr.count("Failed to create CUDAExecutionProvider") == 1, child.stderr
     assert facts["auto"] == ["CPUExecutionProvider"]
     assert "'cuda' asked for" in facts["cuda_error"] and "cannot start here" in facts["cuda_error"]
     assert facts["int8_auto"] is True and facts["fp16_auto"] is False  # the CPU's scorers
