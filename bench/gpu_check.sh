@@ -7,8 +7,9 @@
 #   2. the CUDA tests: the scorer's contract on the CUDA provider (fp32 and fp16), the
 #      training on CUDA (tests/test_model.py, tests/test_int8.py);
 #   3. bench/text.py: the text encoder's texts/s on the GPU (MiniLM's shape, random weights);
-#   4. bench/score.py --provider cuda at 1M users x 100k items: the torch-CUDA floor, the
-#      ONNX Runtime core in fp32 and fp16, `nightrec score` end to end and publish.
+#   4. bench/score.py --provider cuda at 100k users x 50k items, then at 1M x 100k (each its
+#      own run): the torch-CUDA floor, the ONNX Runtime core in fp32 and fp16, `nightrec
+#      score` end to end.
 #
 # SECONDS_LEFT (default 560) bounds the whole: each step gets what remains.
 set -uo pipefail
@@ -45,6 +46,12 @@ timeout $(( $(left) / 3 )) python3 -m pytest -q -p no:cacheprovider -x \
 echo "== text encoder on the GPU ($(left) s left)"
 timeout $(( $(left) / 4 )) python3 bench/text.py --texts 20000 --no-floor \
   --random-model /tmp/text-model --workdir /tmp/tw 2>&1 | grep -v "^Loading" | tail -8
+# the smaller scale first, in its own run: its table comes back even where the larger one
+# runs out of time
+echo "== scoring, 100k x 50k, CUDA ($(left) s left)"
+timeout $(( $(left) / 3 )) python3 bench/score.py --provider cuda --scales 100000:50000 \
+  --sample 50000 --workdir /tmp/bs --parts floor,torch-cuda,core,core-fp16,end-to-end \
+  2>&1 | grep -E "^\||RESULT|Error|error" | tail -30
 echo "== scoring, 1M x 100k, CUDA ($(left) s left)"
 timeout $(( $(left) - 15 )) python3 bench/score.py --provider cuda --scales 1000000:100000 \
   --sample 100000 --workdir /tmp/bs --parts floor,torch-cuda,core,core-fp16,end-to-end \
