@@ -18,7 +18,13 @@ import pytest
 from conftest import AS_OF, write_csv
 
 from nightrec import publish, registry, score
-from nightrec.config import ContractError, ScoreConfig, Settings, TrainConfig
+from nightrec.config import (
+    ContractError,
+    ScoreConfig,
+    Settings,
+    TrainConfig,
+    cuda_in_onnxruntime,
+)
 from nightrec.pipeline import run_all
 from nightrec.snapshot import cutoff_of
 from nightrec.synth import SynthConfig, generate
@@ -395,6 +401,10 @@ def test_cpu_provider_is_used_and_recorded(run1, tmp_path: Path, caplog) -> None
         stats = score.score(settings, run1["snapshot"], "cpu", ScoreConfig(provider="cpu"))
     assert stats["provider"] == "CPUExecutionProvider"
     assert any("on CPUExecutionProvider" in r.getMessage() for r in caplog.records)
+    if not cuda_in_onnxruntime():  # CUDA asked for where it cannot run: said, not ignored
+        with pytest.raises(ContractError, match="provider 'cuda' asked for, but ONNX Runtime"):
+            score.choose_providers("cuda")
+        assert score.choose_providers("auto") == ["CPUExecutionProvider"]
 
 
 def test_the_top_n_kernel_and_the_fused_graph_write_the_same_rows(
