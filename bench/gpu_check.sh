@@ -38,6 +38,8 @@ import onnxruntime as ort, torch
 print("onnxruntime", ort.__version__, ort.get_available_providers())
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+from nightrec.config import cuda_in_onnxruntime  # offered and able to start: what nightrec uses
+print("nightrec: ONNX Runtime's CUDA provider starts here:", cuda_in_onnxruntime())
 PY
 echo "== CUDA tests ($(left) s left)"
 timeout $(( $(left) / 3 )) python3 -m pytest -q -p no:cacheprovider -x \
