@@ -282,7 +282,7 @@ def similar_items(
             log.warning("similar items: %s; PyTorch takes the top %d instead (slower)", e, k)
             kernel = False
     if not kernel:
-        _similar_torch(unit, cols, cols, k, max_cells, got_i, got_s, progress)
+        _similar_torch(unit, cols, k, max_cells, got_i, got_s, progress)
     where = np.searchsorted(items, cols)
     out_i[where], out_s[where] = got_i, got_s
     return items, out_i, out_s
@@ -374,35 +374,33 @@ def _similar_kernel(
 def _similar_torch(
     unit: np.ndarray,
     items: np.ndarray,
-    cols: np.ndarray,
     k: int,
     max_cells: int,
     out_i: np.ndarray,
     out_s: np.ndarray,
     progress: _Progress,
 ) -> None:
-    """``similar_items`` of ``items`` among ``cols`` by PyTorch's product and ``top_k_rows``."""
+    """``similar_items`` of ``items`` among themselves by PyTorch's product and
+    ``top_k_rows``."""
     import torch
 
     from nightrec.model import block_size
 
-    n, s = len(cols), block_size(len(cols), k, k)
+    n, s = len(items), block_size(len(items), k, k)
     width = -(-n // s) * s  # zero columns up to top_k_rows' whole blocks (-inf below): no copy
     cand = torch.zeros(unit.shape[1], width)
-    cand[:, :n] = torch.from_numpy(np.ascontiguousarray(unit[cols].T))  # [d, n] + padding
+    cand[:, :n] = torch.from_numpy(np.ascontiguousarray(unit[items].T))  # [d, n] + padding
     batch = max(1, min(max_cells, 1 << 22) // max(width, 1))  # 16 MB at most, as before
-    for lo in range(0, len(items), batch):
-        rows = items[lo : lo + batch]
+    for lo in range(0, n, batch):
+        hi = min(lo + batch, n)
         with torch.inference_mode():
-            sims = torch.from_numpy(unit[rows]) @ cand  # [B, n]
-            sims[
-                torch.arange(len(rows)), torch.from_numpy(np.searchsorted(cols, rows))
-            ] = -torch.inf  # not itself
+            sims = torch.from_numpy(unit[items[lo:hi]]) @ cand  # [B, n]
+            sims[torch.arange(hi - lo), torch.arange(lo, hi)] = -torch.inf  # not itself
             sims[:, n:] = -torch.inf
             vals, part = top_k_rows(sims, k)
-        out_i[lo : lo + len(rows)] = cols[part]
-        out_s[lo : lo + len(rows)] = vals
-        progress.add(len(rows))
+        out_i[lo:hi] = items[part]
+        out_s[lo:hi] = vals
+        progress.add(hi - lo)
 
 
 def top_k_rows(sims: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
